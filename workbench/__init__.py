@@ -1,0 +1,3 @@
+"""Workbench: run, tune and understand local language models."""
+
+__version__ = "0.1.0"

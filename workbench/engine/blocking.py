@@ -1,0 +1,101 @@
+"""A blocking facade over an Engine for headless callers: the self-test, the benchmarks
+and core tests. The GUI never uses it; it reacts to events instead."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workbench.engine.local import LocalEngine
+from workbench.engine.protocol import (
+    ChatDone,
+    ChatMessage,
+    ChatStarted,
+    EngineDied,
+    EngineError,
+    Event,
+    Loaded,
+    LoadSpec,
+    ModelInfo,
+    Sampling,
+    Stats,
+    Token,
+    Tokenized,
+)
+
+
+class EngineFailure(Exception):
+    def __init__(self, event: EngineError | EngineDied) -> None:
+        super().__init__(event.message)
+        self.event = event
+
+
+@dataclass
+class ChatResult:
+    started: ChatStarted | None
+    done: ChatDone
+    pieces: list[str]
+
+
+class BlockingEngine:
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.engine = LocalEngine(self.events.put)
+
+    def __enter__(self) -> BlockingEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def _wait(self, rid: int, want: type, timeout: float,
+              on_event: Callable[[Event], None] | None = None) -> Event:
+        while True:
+            event = self.events.get(timeout=timeout)
+            if isinstance(event, EngineDied):
+                raise EngineFailure(event)
+            if getattr(event, "request_id", None) != rid:
+                continue
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, EngineError):
+                raise EngineFailure(event)
+            if isinstance(event, want):
+                return event
+
+    def load(self, spec: LoadSpec, timeout: float = 120) -> ModelInfo:
+        event = self._wait(self.engine.load(spec), Loaded, timeout)
+        assert isinstance(event, Loaded)
+        return event.info
+
+    def chat(self, messages: list[ChatMessage], sampling: Sampling, timeout: float = 120,
+             on_token: Callable[[str], None] | None = None) -> ChatResult:
+        result = ChatResult(started=None, done=None, pieces=[])  # type: ignore[arg-type]
+
+        def seen(event: Event) -> None:
+            if isinstance(event, ChatStarted):
+                result.started = event
+            elif isinstance(event, Token):
+                result.pieces.append(event.text)
+                if on_token is not None:
+                    on_token(event.text)
+
+        rid = self.engine.chat(messages, sampling)
+        done = self._wait(rid, ChatDone, timeout, seen)
+        assert isinstance(done, ChatDone)
+        result.done = done
+        return result
+
+    def tokenize(self, text: str, special: bool = False, timeout: float = 30) -> Tokenized:
+        event = self._wait(self.engine.tokenize(text, special=special), Tokenized, timeout)
+        assert isinstance(event, Tokenized)
+        return event
+
+    def stats(self, timeout: float = 30) -> Stats:
+        event = self._wait(self.engine.stats(), Stats, timeout)
+        assert isinstance(event, Stats)
+        return event

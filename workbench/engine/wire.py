@@ -1,0 +1,54 @@
+"""Requests the app sends to the local worker process (the protocol's transport for
+`LocalEngine`). Events travel back as the dataclasses in `protocol`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.engine.protocol import ChatMessage, LoadSpec, Sampling
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    request_id: int
+    spec: LoadSpec
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    request_id: int
+    messages: tuple[ChatMessage, ...]
+    sampling: Sampling
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    request_id: int | None  # None: whatever chat is running
+
+
+@dataclass(frozen=True)
+class UnloadRequest:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    request_id: int
+    text: str
+    special: bool
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class ShutdownRequest:
+    request_id: int = 0
+
+
+Request = (
+    LoadRequest | ChatRequest | CancelRequest | UnloadRequest | TokenizeRequest | StatsRequest
+    | ShutdownRequest
+)

