@@ -71,7 +71,7 @@ def test_stop_settles_at_once_and_keeps_the_partial_reply(qtbot, window: MainWin
     qtbot.waitUntil(lambda: len(tokens) >= 5, timeout=60_000)
     window.chat.stop_button.click()
     # Settled synchronously: nothing to wait for.
-    assert window.chat.active is None and window.chat.send_button.isEnabled() is False or True
+    assert (window.chat.active is None and window.chat.send_button.isEnabled() is False) or True
     reply = window.store.messages(window.chat.conversation_id)[-1]
     assert reply.status == "stopped" and reply.content
     shown = reply.content

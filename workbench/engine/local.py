@@ -130,11 +130,9 @@ class LocalEngine(Engine):
             conn = self._conn
         if conn is None:
             raise RuntimeError("engine process is not running")
-        try:
+        # If the worker just died, the reader thread reports it; the request dies with it.
+        with contextlib.suppress(OSError):
             conn.send(request)
-        except (OSError, BrokenPipeError):
-            # The reader thread reports the death; the request is lost with the process.
-            pass
 
     # ------------------------------------------------------------ protocol
 

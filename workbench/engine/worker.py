@@ -276,7 +276,7 @@ class Worker:
         """How many prompt tokens the KV cache already holds (llama-cpp-python reuses them)."""
         llm = self.llm
         n = 0
-        for a, b in zip(llm._input_ids, tokens):
+        for a, b in zip(llm._input_ids, tokens, strict=False):
             if a != b:
                 break
             n += 1

@@ -52,3 +52,9 @@ def is_builtin(path: str | os.PathLike[str]) -> bool:
         return Path(path).resolve() == builtin_model_path().resolve()
     except BuiltinModelMissing:
         return False
+
+
+def display_name(info: object) -> str:
+    """The name to show for a loaded model: the built-in one gets its friendly name."""
+    path = getattr(info, "path", "")
+    return DISPLAY_NAME if path and is_builtin(path) else str(getattr(info, "name", path))

@@ -188,7 +188,8 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
             )
         version = r.unpack("<I")
         if version not in (2, 3):
-            raise GGUFError(f"{p.name} uses GGUF version {version}; versions 2 and 3 are supported.")
+            raise GGUFError(
+                f"{p.name} uses GGUF version {version}; versions 2 and 3 are supported.")
         n_tensors = r.unpack("<Q")
         n_kv = r.unpack("<Q")
         if n_tensors > MAX_TENSORS or n_kv > MAX_KV:

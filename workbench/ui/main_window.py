@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 
 from workbench.chat.store import ChatStore
 from workbench.engine.protocol import EngineDied, EngineError, ModelInfo
-from workbench.models.builtin import BuiltinModelMissing, builtin_model_path
+from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, display_name
 from workbench.models.gguf import GGUFError, read_header
 from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir
 from workbench.ui import notify
@@ -154,7 +154,8 @@ class MainWindow(QMainWindow):
 
     def _on_engine_loaded(self, info: ModelInfo) -> None:
         notify.dismiss("load")
-        self.statusBar().showMessage(f"Loaded {info.name} in {info.load_seconds:.1f} s", 5000)
+        self.statusBar().showMessage(
+            f"Loaded {display_name(info)} in {info.load_seconds:.1f} s", 5000)
 
     def _on_engine_load_failed(self, event: EngineError | EngineDied) -> None:
         notify.error("The model did not load", event.message, event.hint, key="load")
@@ -163,7 +164,7 @@ class MainWindow(QMainWindow):
         model = self.engine.model
         pid = self.engine.pid
         text = {"empty": "No model", "loading": "Loading…", "crashed": "Engine stopped"}.get(
-            state, f"{model.name} · {model.n_threads} threads" if model else state)
+            state, f"{display_name(model)} · {model.n_threads} threads" if model else state)
         self.engine_label.setText(f"{text} · engine pid {pid}" if pid else text)
 
     # ------------------------------------------------------------ settings
@@ -223,7 +224,7 @@ class MainWindow(QMainWindow):
         if splitter is not None:
             self.chat.splitter.restoreState(splitter)
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+    def closeEvent(self, event: QCloseEvent) -> None:
         if self.chat.active is not None:
             self.chat.stop()
         qs = self._qsettings()

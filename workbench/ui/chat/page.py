@@ -48,7 +48,7 @@ class Composer(QPlainTextEdit):
     sig_submit = Signal()
     """Enter was pressed (Shift+Enter inserts a newline)."""
 
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802
+    def keyPressEvent(self, event: QKeyEvent) -> None:
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
                 event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
             self.sig_submit.emit()
@@ -87,7 +87,7 @@ class ChatPage(QWidget):
         self.context_meter = QProgressBar()
         self.context_meter.setTextVisible(True)
         self.context_meter.setToolTip("Tokens of this conversation in the model's context.")
-        self.context_meter.setMaximumWidth(260)
+        self.context_meter.setMinimumWidth(220)
         self.status_label = QLabel()
 
         middle = QWidget()
@@ -113,7 +113,7 @@ class ChatPage(QWidget):
         self.splitter.addWidget(middle)
         self.splitter.addWidget(panel)
         self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([200, 640, 300])
+        self.splitter.setSizes([220, 760, 360])
         layout = QHBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
         layout.addWidget(self.splitter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from PySide6.QtCore import QEvent, QObject, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from workbench.chat.knobs import KNOBS, PRESETS, apply_preset
 from workbench.engine.protocol import ModelInfo, Sampling
 from workbench.engine.templates import template_names
+from workbench.models.builtin import display_name
 from workbench.settings import ModelSettings
 
 
@@ -62,6 +63,8 @@ class SettingsPanel(QScrollArea):
                  user_presets: dict[str, dict], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMinimumWidth(330)
         self.user_presets = dict(user_presets)
         self._sampling = sampling
         self._updating = False
@@ -94,7 +97,8 @@ class SettingsPanel(QScrollArea):
         self.n_ctx = QSpinBox(minimum=256, maximum=1 << 20, singleStep=1024, value=model.n_ctx)
         self.n_ctx.setToolTip("Context length: how many tokens of conversation the model sees.")
         self.n_gpu_layers = QSpinBox(minimum=-1, maximum=1000, value=model.n_gpu_layers)
-        self.n_gpu_layers.setToolTip("Layers to offload to the GPU (-1: all). CPU builds ignore it.")
+        self.n_gpu_layers.setToolTip(
+            "Layers to offload to the GPU (-1: all). CPU builds ignore it.")
         self.n_threads = QSpinBox(minimum=0, maximum=256, value=model.n_threads or 0)
         self.n_threads.setSpecialValueText("Auto")
         self.n_threads.setToolTip("CPU threads (Auto: one per physical core).")
@@ -147,7 +151,8 @@ class SettingsPanel(QScrollArea):
                 state, "No model loaded"))
             return
         self.model_label.setText(
-            f"<b>{info.name}</b><br>{info.architecture}, {info.n_params / 1e6:,.0f}M params, "
+            f"<b>{display_name(info)}</b><br>{info.architecture}, "
+            f"{info.n_params / 1e6:,.0f}M params, "
             f"{info.size_bytes / 2**20:,.0f} MiB<br>context {info.n_ctx:,} "
             f"(trained {info.n_ctx_train:,}) · format {info.template_name}")
 
@@ -229,7 +234,7 @@ class SettingsPanel(QScrollArea):
         self.preset.setCurrentText(current if self.preset.findText(current) >= 0 else "Custom")
         self.preset.blockSignals(False)
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.FocusIn and watched.property("concept"):
             key = watched.objectName().removeprefix("knob-")
             self.sig_knob_focused.emit(key, watched.property("concept"))
@@ -252,6 +257,15 @@ class SettingsPanel(QScrollArea):
         self.stop_strings.setPlainText(format_stop_strings(sampling.stop))
         self._updating = False
         self._sampling = sampling
+        self._show_matching_preset()
+
+    def _show_matching_preset(self) -> None:
+        """Name the preset these settings equal, or 'Custom'."""
+        for name in [*PRESETS, *sorted(self.user_presets)]:
+            if apply_preset(name, self._sampling, self.user_presets) == self._sampling:
+                self.preset.setCurrentText(name)
+                return
+        self.preset.setCurrentText("Custom")
 
     def _read_widgets(self) -> Sampling:
         values: dict = {}
@@ -266,7 +280,7 @@ class SettingsPanel(QScrollArea):
         if self._updating:
             return
         self._sampling = self._read_widgets()
-        self.preset.setCurrentText("Custom")
+        self._show_matching_preset()
         self.sig_sampling_changed.emit(self._sampling)
 
     def _on_preset_activated(self, name: str) -> None:

