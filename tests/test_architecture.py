@@ -31,6 +31,12 @@ def test_layout_is_in_place() -> None:
         assert (ROOT / "workbench" / package / "__init__.py").is_file(), package
 
 
+def test_app_icon_is_found() -> None:
+    from workbench.resources import icon_path
+
+    assert icon_path().is_file() and icon_path().read_text().startswith("<svg")
+
+
 def test_core_packages_import_without_qt() -> None:
     modules = core_modules()
     assert "workbench.engine.worker" in modules and "workbench.chat.store" in modules

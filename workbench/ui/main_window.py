@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from PySide6.QtCore import QSettings, Qt
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QFileDialog,
     QFrame,
@@ -22,6 +22,7 @@ from workbench.chat.store import ChatStore
 from workbench.engine.protocol import EngineDied, EngineError, ModelInfo
 from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, display_name
 from workbench.models.gguf import GGUFError, read_header
+from workbench.resources import icon_path
 from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir
 from workbench.ui import notify
 from workbench.ui.chat.page import ChatPage
@@ -67,6 +68,7 @@ class MainWindow(QMainWindow):
                  engine: EngineController | None = None) -> None:
         super().__init__()
         self.setWindowTitle("Workbench")
+        self.setWindowIcon(QIcon(str(icon_path())))
         self.store = store
         self.settings_store = settings_store
         self.settings: Settings = settings_store.load()
