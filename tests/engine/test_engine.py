@@ -156,3 +156,32 @@ def test_engine_killed_mid_stream_is_reported(builtin_model: Path) -> None:
         # Reload starts a fresh worker.
         blocking.load(LoadSpec(str(builtin_model), n_ctx=512))
         assert engine.pid not in (None, pid)
+
+
+def test_gguf_without_template_gets_a_fallback_from_its_vocabulary(
+        tmp_path: Path, builtin_model: Path, engine: BlockingEngine) -> None:
+    # Rename the metadata key in place (same length, so every offset stays valid): the
+    # file then has no chat template, as many hand-converted GGUFs do not.
+    data = bytearray(builtin_model.read_bytes())
+    key = b"tokenizer.chat_template"
+    at = data.index(key)
+    data[at:at + len(key)] = b"tokenizer.chat_templatX"
+    bare = tmp_path / "no-template.gguf"
+    bare.write_bytes(data)
+    with BlockingEngine() as blocking:
+        info = blocking.load(LoadSpec(str(bare), n_ctx=1024))
+        assert (info.template_origin, info.template_name) == ("builtin:chatml", "chatml")
+        result = blocking.chat([ChatMessage("system", "Be brief."), *ASK], GREEDY)
+        prompt = result.started.prompt_text
+        assert prompt == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+                          "List three colours of the rainbow.<|im_end|>\n"
+                          "<|im_start|>assistant\n")
+        assert result.done.reason == "stop" and "<|im_end|>" not in result.done.text
+        # Same words as with the GGUF's own template, which renders this prompt identically.
+        with_own = engine.chat([ChatMessage("system", "Be brief."), *ASK], GREEDY)
+        assert with_own.started.prompt_text == prompt
+        assert with_own.done.text == result.done.text
+        # And the user can override the format.
+        info = blocking.load(LoadSpec(str(bare), n_ctx=1024, chat_template="alpaca"))
+        assert info.template_origin == "override"
+        assert "### Instruction:" in blocking.chat(ASK, GREEDY).started.prompt_text

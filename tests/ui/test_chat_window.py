@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox
 
 from workbench.chat.store import ChatStore
@@ -92,6 +93,9 @@ def test_regenerate_and_edit_and_resend(qtbot, window: MainWindow) -> None:
     user = messages[0]
     window.chat.begin_edit(user.id)
     assert window.chat.composer.toPlainText() == "Say a word."
+    qtbot.keyClick(window.chat.composer, Qt.Key.Key_Escape)
+    assert window.chat.editing_message_id is None and not window.chat.composer.toPlainText()
+    window.chat.begin_edit(user.id)
     window.chat.composer.setPlainText("Say a number.")
     send_and_wait(qtbot, window, window.chat.composer.toPlainText())
     messages = window.store.messages(cid)

@@ -47,8 +47,13 @@ class ActiveReply:
 class Composer(QPlainTextEdit):
     sig_submit = Signal()
     """Enter was pressed (Shift+Enter inserts a newline)."""
+    sig_escape = Signal()
+    """Esc was pressed."""
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() == Qt.Key.Key_Escape:
+            self.sig_escape.emit()
+            return
         if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and not (
                 event.modifiers() & Qt.KeyboardModifier.ShiftModifier):
             self.sig_submit.emit()
@@ -120,6 +125,7 @@ class ChatPage(QWidget):
 
         self.send_button.clicked.connect(self.send)
         self.composer.sig_submit.connect(self.send)
+        self.composer.sig_escape.connect(self._on_composer_escape)
         self.stop_button.clicked.connect(self.stop)
         self.conversations.sig_selected.connect(self.open_conversation)
         self.conversations.sig_new.connect(self.new_conversation)
@@ -256,12 +262,17 @@ class ChatPage(QWidget):
         self.composer.setPlainText(message.content)
         self.composer.setFocus()
         self.edit_label.setText("Editing a message: sending replaces it and everything after "
-                                "it. Esc or empty the box to cancel.")
+                                "it. Esc cancels.")
         self.edit_label.show()
 
     def cancel_edit(self) -> None:
         self.editing_message_id = None
         self.edit_label.hide()
+
+    def _on_composer_escape(self) -> None:
+        if self.editing_message_id is not None:
+            self.cancel_edit()
+            self.composer.clear()
 
     def view_prompt(self, message_id: int) -> None:
         message = self.store.get_message(message_id)

@@ -1,0 +1,33 @@
+"""`workbench` (make run) builds the window, loads the built-in model, and shuts the
+engine down when the window closes."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QTimer
+
+from workbench.app import run_gui
+from workbench.ui.main_window import MainWindow
+
+pytestmark = pytest.mark.engine
+
+
+def test_run_gui_opens_the_window_with_the_builtin_model(qapp) -> None:
+    seen: dict = {}
+
+    def poll() -> None:
+        windows = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow)]
+        if windows and windows[0].engine.ready:
+            window = windows[0]
+            seen["title"] = window.windowTitle()
+            seen["model"] = window.engine.model.name
+            seen["engine"] = window.engine.engine
+            window.close()  # the last window closing ends app.exec()
+        else:
+            QTimer.singleShot(50, poll)
+
+    QTimer.singleShot(50, poll)
+    QTimer.singleShot(60_000, qapp.quit)  # a guard, not a wait
+    assert run_gui(["workbench"]) == 0
+    assert seen["title"] == "Workbench" and "135M" in seen["model"]
+    assert not seen["engine"].alive  # closing the window stopped the engine process
