@@ -34,6 +34,16 @@ def test_damaged_or_foreign_settings_fall_back_to_defaults(tmp_path: Path) -> No
     assert loaded.sampling.temperature == 1.5 and loaded.model.n_ctx == 1024
 
 
+def test_model_settings_mirror_load_spec() -> None:
+    from dataclasses import fields
+
+    from workbench.engine.protocol import LoadSpec
+
+    assert [f.name for f in fields(ModelSettings)] == [
+        f.name for f in fields(LoadSpec) if f.name != "model_path"]
+    assert ModelSettings().load_spec("/m.gguf") == LoadSpec("/m.gguf")
+
+
 def test_model_settings_make_a_load_spec() -> None:
     spec = ModelSettings(n_ctx=1234, type_k="q8_0").load_spec("/m.gguf")
     assert (spec.model_path, spec.n_ctx, spec.type_k) == ("/m.gguf", 1234, "q8_0")

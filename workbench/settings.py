@@ -38,19 +38,22 @@ def config_dir() -> Path:
     return Path(user_config_dir(APP_NAME, appauthor=False))
 
 
+_LOAD_DEFAULTS = LoadSpec(model_path="")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """How models are loaded by default (the user may change them per load)."""
+    """How models are loaded: LoadSpec without the path. The defaults are LoadSpec's."""
 
-    n_ctx: int = 4096
-    n_gpu_layers: int = 0
-    n_threads: int | None = None
-    n_batch: int = 512
-    n_ubatch: int = 512
-    flash_attn: bool = False
-    type_k: str = "f16"
-    type_v: str = "f16"
-    chat_template: str | None = None
+    n_ctx: int = _LOAD_DEFAULTS.n_ctx
+    n_gpu_layers: int = _LOAD_DEFAULTS.n_gpu_layers
+    n_threads: int | None = _LOAD_DEFAULTS.n_threads
+    n_batch: int = _LOAD_DEFAULTS.n_batch
+    n_ubatch: int = _LOAD_DEFAULTS.n_ubatch
+    flash_attn: bool = _LOAD_DEFAULTS.flash_attn
+    type_k: str = _LOAD_DEFAULTS.type_k
+    type_v: str = _LOAD_DEFAULTS.type_v
+    chat_template: str | None = _LOAD_DEFAULTS.chat_template
 
     def load_spec(self, model_path: str) -> LoadSpec:
         return LoadSpec(model_path=model_path, **asdict(self))  # type: ignore[arg-type]
