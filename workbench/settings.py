@@ -67,8 +67,6 @@ class Settings:
     sampling: Sampling = field(default_factory=Sampling)
     preset: str = "Balanced"
     user_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    default_system_prompt: str = ""
-    dark_mode: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

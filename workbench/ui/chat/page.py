@@ -193,7 +193,8 @@ class ChatPage(QWidget):
         text = (self.composer.toPlainText() if text is None else text).strip()
         if not text or self.active is not None:
             return False
-        if not self.engine.ready:
+        # "busy" right after Stop: the engine is closing the old reply and queues this one.
+        if self.engine.state not in ("ready", "busy"):
             notify.warning("No model is ready",
                            "Wait for the model to finish loading, or load one first.",
                            key="engine-not-ready")
@@ -369,7 +370,7 @@ class ChatPage(QWidget):
         self.status_label.setText({
             "empty": "No model loaded", "loading": "Loading model…", "ready": "Ready",
             "busy": "Writing…", "crashed": "Engine stopped — reload to go on"}.get(state, state))
-        self.send_button.setEnabled(state in ("ready",) and self.active is None)
+        self.send_button.setEnabled(state in ("ready", "busy") and self.active is None)
         self.panel.show_model(self.engine.model, state)
         if state == "ready":
             notify.dismiss("engine-died")
@@ -395,7 +396,7 @@ class ChatPage(QWidget):
 
     def _set_busy(self, busy: bool) -> None:
         self.stop_button.setEnabled(busy)
-        self.send_button.setEnabled(not busy and self.engine.ready)
+        self.send_button.setEnabled(not busy and self.engine.state in ("ready", "busy"))
 
     def _update_meter(self) -> None:
         n_ctx = self.engine.model.n_ctx if self.engine.model else 0
