@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.engine.protocol import FinishReason, Sampling
+from workbench.engine.protocol import FinishReason, Sampling, Timings
 
 
 @dataclass
@@ -19,8 +19,24 @@ class GenerationResult:
     text: str
     reason: FinishReason
     n_generated: int
-    first_token_at: float | None
-    last_token_at: float | None
+    first_token_at: float | None  # None: cancelled before any token was sampled
+    last_token_at: float | None  # None: the first token ended the reply (or none came)
+
+    def timings(self, received: float, n_prompt: int, n_cached: int, n_ctx_used: int,
+                now: float | None = None) -> Timings:
+        """Timings of this reply; `received` is when the request reached the engine."""
+        first = self.first_token_at if self.first_token_at is not None else (
+            now if now is not None else time.perf_counter())
+        last = self.last_token_at if self.last_token_at is not None else first
+        return Timings(
+            n_prompt_tokens=n_prompt,
+            n_evaluated_prompt_tokens=n_prompt - n_cached,
+            n_generated_tokens=self.n_generated,
+            ttft_s=first - received if self.first_token_at is not None else 0.0,
+            prompt_eval_s=first - received,
+            generation_s=last - first,
+            n_ctx_used=n_ctx_used,
+        )
 
 
 def holdback(text: str, stops: Sequence[str]) -> int:

@@ -30,7 +30,6 @@ from workbench.engine.protocol import (
     LoadSpec,
     ModelInfo,
     Stats,
-    Timings,
     Token,
     Tokenized,
     Unloaded,
@@ -260,16 +259,7 @@ class Worker:
         )
         with self._abortable_prompt_eval():
             result = generation.run(first_token_hook=self._disarm_abort)
-        timings = Timings(
-            n_prompt_tokens=len(tokens),
-            n_evaluated_prompt_tokens=len(tokens) - cached,
-            n_generated_tokens=result.n_generated,
-            ttft_s=(result.first_token_at - received) if result.first_token_at else 0.0,
-            prompt_eval_s=((result.first_token_at or time.perf_counter()) - received),
-            generation_s=(result.last_token_at - result.first_token_at)
-            if result.first_token_at else 0.0,
-            n_ctx_used=llm.n_tokens,
-        )
+        timings = result.timings(received, len(tokens), cached, llm.n_tokens)
         self.send(ChatDone(req.request_id, result.reason, result.text, timings))
 
     def _cached_prefix(self, tokens: list[int]) -> int:
