@@ -10,9 +10,11 @@ import argparse
 import json
 import sys
 
-from workbench.bench import stop, throughput, turns
+from workbench.bench import fit, stop, throughput, turns
 
-BENCHMARKS = {"throughput": throughput.run, "turns": turns.run, "stop": stop.run}
+BENCHMARKS = {
+    "throughput": throughput.run, "turns": turns.run, "stop": stop.run, "fit": fit.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
