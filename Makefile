@@ -24,6 +24,7 @@ bench: setup
 	$(PY) -m workbench.bench throughput
 	$(PY) -m workbench.bench turns
 	$(PY) -m workbench.bench stop
+	$(PY) -m workbench.bench fit
 
 screenshots: setup-test
 	QT_QPA_PLATFORM=offscreen $(PY) -m workbench.ui.screenshots docs

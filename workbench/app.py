@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
         worker_main(argv[1:])
         return 0
+    if argv[:1] == ["--probe-hardware"]:  # frozen builds probe through here
+        from workbench.hardware.__main__ import main as probe_main
+
+        return probe_main()
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--self-test", action="store_true",

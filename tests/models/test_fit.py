@@ -206,3 +206,9 @@ def test_builtin_model_fits_on_this_machine(builtin_model: Path) -> None:
     assert result.verdict in ("cpu", "full_gpu", "partial")
     assert 150 * MiB < result.devices[0].total + sum(d.total for d in result.devices[1:]) \
         < 1024 * MiB
+
+
+def test_negative_gpu_layers_mean_all_as_in_llama_cpp(shape: ModelShape) -> None:
+    big = [DeviceBudget("CPU", "cpu", 1 << 34), DeviceBudget("GPU0", "gpu", 1 << 34)]
+    assert plan(shape, FitRequest(n_ctx=256, n_gpu_layers=-1), big).verdict == "full_gpu"
+    assert plan(shape, FitRequest(n_ctx=256, n_gpu_layers=0), big).verdict == "cpu"

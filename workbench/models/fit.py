@@ -149,7 +149,7 @@ class FitRequest:
     n_batch: int = 512
     n_ubatch: int = 512
     flash_attn: bool = False
-    n_gpu_layers: int | None = None  # None: the planner chooses
+    n_gpu_layers: int | None = None  # None: the planner chooses; negative: all (llama.cpp)
     n_seq: int = 1
 
 
@@ -280,7 +280,9 @@ def layout(shape: ModelShape, req: FitRequest, n_gpu_layers: int,
     """Memory per device for one n_gpu_layers, as llama.cpp would place it."""
     cpu_budget = next(b for b in budgets if b.kind == "cpu")
     gpu_budgets = [b for b in budgets if b.kind == "gpu"]
-    n_gpu_layers = max(0, min(n_gpu_layers, shape.n_layer + 1)) if gpu_budgets else 0
+    if n_gpu_layers < 0:  # llama.cpp's "all"
+        n_gpu_layers = shape.n_layer + 1
+    n_gpu_layers = min(n_gpu_layers, shape.n_layer + 1) if gpu_budgets else 0
     # llama.cpp: layers i >= n_layer + 1 - N are offloaded; "layer" n_layer is the output.
     first_gpu = shape.n_layer + 1 - n_gpu_layers
     on_gpu = [i >= first_gpu for i in range(shape.n_layer)]

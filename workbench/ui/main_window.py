@@ -12,8 +12,10 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QListWidget,
     QMainWindow,
     QPushButton,
+    QStackedWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -21,13 +23,15 @@ from PySide6.QtWidgets import (
 from workbench.chat.store import ChatStore
 from workbench.engine.protocol import EngineDied, EngineError, ModelInfo
 from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, display_name
-from workbench.models.gguf import GGUFError, read_header
+from workbench.models.fit import FitRequest, ModelShape, budgets_from_snapshot, fixes_for, plan
+from workbench.models.gguf import GGUFError, GGUFHeader, read_header
 from workbench.resources import icon_path
 from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir
 from workbench.ui import notify
 from workbench.ui.chat.page import ChatPage
 from workbench.ui.chat.settings_panel import SettingsPanel
 from workbench.ui.engine_controller import EngineController
+from workbench.ui.hardware.page import HardwarePage
 from workbench.ui.tasks import op
 
 _LEVEL_COLOURS = {"error": "#fdecea", "warning": "#fff4e5", "info": "#e8f4fd"}
@@ -78,13 +82,25 @@ class MainWindow(QMainWindow):
         s = self.settings
         self.panel = SettingsPanel(s.sampling, s.model, s.preset, s.user_presets)
         self.chat = ChatPage(store, self.engine, self.panel)
+        self.hardware = HardwarePage()
+        self.pages = QStackedWidget()
+        self.nav = QListWidget()
+        self.nav.setFixedWidth(110)
+        for title, page in (("Chat", self.chat), ("Hardware", self.hardware)):
+            self.nav.addItem(title)
+            self.pages.addWidget(page)
+        self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
+        self.nav.setCurrentRow(0)
         self.notice_area = QVBoxLayout()
         self.notice_area.setContentsMargins(6, 6, 6, 0)
         central = QWidget()
         layout = QVBoxLayout(central)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(self.notice_area)
-        layout.addWidget(self.chat, 1)
+        row = QHBoxLayout()
+        row.addWidget(self.nav)
+        row.addWidget(self.pages, 1)
+        layout.addLayout(row, 1)
         self.setCentralWidget(central)
         self.engine_label = QLabel()
         self.statusBar().addPermanentWidget(self.engine_label)
@@ -107,8 +123,14 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------ model loading
 
+    def show_page(self, title: str) -> None:
+        self.nav.setCurrentRow([self.nav.item(i).text() for i in range(self.nav.count())]
+                               .index(title))
+
     def start(self) -> None:
-        """Load the last model used, or the built-in one on first start."""
+        """Probe the hardware in the background; load the last model used, or the built-in
+        one on first start."""
+        self.hardware.refresh()
         path = self.settings.last_model_path
         if path:
             self.load_model(path)
@@ -129,10 +151,23 @@ class MainWindow(QMainWindow):
         model = model or self.panel.model_settings()
         spec = model.load_spec(path)
 
-        def checked(_header: object) -> None:
+        def go() -> None:
             self.engine.load(spec)
             self._save(replace(self.settings, model=model,
                                last_model_path=path if remember else None))
+
+        def checked(header: GGUFHeader) -> None:
+            warning = self.fit_warning(header, model)
+            if warning is None:
+                go()
+                return
+            notify.warning(
+                "This model may not fit", warning,
+                "Loading anyway may make the system swap or the engine run out of memory; "
+                "your conversations are safe either way.",
+                actions=(("Load anyway", go),
+                         ("Show the fit", lambda: self.show_fit(path, model))),
+                key="load")
 
         def refused(exc: BaseException) -> None:
             message = str(exc) if isinstance(exc, GGUFError) else f"Cannot read {path}: {exc}"
@@ -140,6 +175,36 @@ class MainWindow(QMainWindow):
                          "The chat and your conversations are unaffected.", key="load")
 
         op(read_header, path).success(checked).failure(refused).run()
+
+    def fit_warning(self, header: GGUFHeader, model: ModelSettings) -> str | None:
+        """What is wrong if the planner says this will not fit (None when it fits, or when
+        the hardware is not known yet)."""
+        snapshot = self.hardware.snapshot
+        if snapshot is None:
+            return None
+        try:
+            shape = ModelShape.from_header(header)
+        except Exception:  # an unusual header: let llama.cpp judge it
+            return None
+        req = FitRequest(n_ctx=model.n_ctx, type_k=model.type_k, type_v=model.type_v,
+                         flash_attn=model.flash_attn, n_batch=model.n_batch,
+                         n_ubatch=model.n_ubatch, n_gpu_layers=model.n_gpu_layers)
+        result = plan(shape, req, budgets_from_snapshot(snapshot))
+        if result.verdict != "wont_fit" and not result.problems:
+            return None
+        if result.verdict != "wont_fit":
+            return " ".join(result.problems)
+        need = sum(d.total for d in result.devices)
+        bpw = 8 * header.file_size / max(header.n_params, 1)
+        fixes = " ".join(fixes_for(shape, result, bpw))
+        return (f"{header.name} needs about {need / 2**30:,.1f} GiB with these settings, "
+                f"more than is free. {fixes}")
+
+    def show_fit(self, path: str, model: ModelSettings) -> None:
+        self.show_page("Hardware")
+        self.hardware.fit.set_model(path)
+        self.hardware.fit.set_request(model.n_ctx, model.type_k, model.flash_attn,
+                                      model.n_gpu_layers)
 
     def reload_with(self, model: ModelSettings) -> None:
         if self.engine.spec is None:
@@ -156,6 +221,11 @@ class MainWindow(QMainWindow):
 
     def _on_engine_loaded(self, info: ModelInfo) -> None:
         notify.dismiss("load")
+        spec = self.engine.spec
+        self.hardware.fit.set_model(info.path)
+        if spec is not None:
+            self.hardware.fit.set_request(spec.n_ctx, spec.type_k, spec.flash_attn,
+                                          spec.n_gpu_layers)
         self.statusBar().showMessage(
             f"Loaded {display_name(info)} in {info.load_seconds:.1f} s", 5000)
 
@@ -222,6 +292,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1280, 800)
+        self.nav.setCurrentRow(int(qs.value("page", 0) or 0))
         splitter = qs.value("chat_splitter")
         if splitter is not None:
             self.chat.splitter.restoreState(splitter)
@@ -232,5 +303,6 @@ class MainWindow(QMainWindow):
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())
         qs.setValue("chat_splitter", self.chat.splitter.saveState())
+        qs.setValue("page", self.nav.currentRow())
         self.engine.close()
         super().closeEvent(event)

@@ -20,6 +20,13 @@ def _wait(signal: SignalInstance, timeout_ms: int = 120_000) -> None:
     loop.exec()
 
 
+def _settle(ms: int = 300) -> None:
+    """Let pending renders and layouts run."""
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
 def main(out_dir: str = "docs") -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="workbench-shots-")
@@ -30,7 +37,7 @@ def main(out_dir: str = "docs") -> int:
     from workbench.settings import SettingsStore, data_dir
     from workbench.ui.main_window import MainWindow
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    _app = QApplication.instance() or QApplication(sys.argv[:1])  # kept alive: a local
     store = ChatStore(data_dir() / "conversations.db")
     window = MainWindow(store, SettingsStore())
     window.resize(1400, 860)
@@ -43,15 +50,21 @@ def main(out_dir: str = "docs") -> int:
                    "Write a Python function that reverses a string."):
         window.chat.send(prompt)
         _wait(window.engine.sig_chat_done)
-    app.processEvents()
-    QTimer.singleShot(200, lambda: None)
-    loop = QEventLoop()
-    QTimer.singleShot(300, loop.quit)
-    loop.exec()
+    _settle()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     window.grab().save(str(out / "chat.png"))
     print(f"wrote {out / 'chat.png'}")
+
+    if window.hardware.snapshot is None:
+        _wait(window.hardware.sig_snapshot)
+    window.show_page("Hardware")
+    fit = window.hardware.fit
+    fit.n_ctx.setValue(8192)
+    _wait(fit.sig_plan_changed, 10_000)  # llama.cpp's own sizing, from the header
+    _settle()
+    window.grab().save(str(out / "hardware.png"))
+    print(f"wrote {out / 'hardware.png'}")
     window.close()
     store.close()
     return 0

@@ -10,6 +10,7 @@ to the app's one error channel (`workbench.ui.notify`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,21 +40,26 @@ class _Runner(QRunnable):
         super().__init__()
         self.fn, self.args, self.kwargs, self.signals = fn, args, kwargs, signals
 
+    def _emit(self, name: str, *args: object) -> None:
+        # RuntimeError: the signals object is gone (the app is quitting): nobody to tell.
+        with contextlib.suppress(RuntimeError):
+            getattr(self.signals, name).emit(*args)
+
     def run(self) -> None:
-        self.signals.started.emit()
+        self._emit("started")
         try:
             result = self.fn(*self.args, **self.kwargs)
             if isinstance(result, Iterator):
                 try:
                     while True:
-                        self.signals.yielded.emit(next(result))
+                        self._emit("yielded", next(result))
                 except StopIteration as stop:
                     result = stop.value
-            self.signals.returned.emit(result)
+            self._emit("returned", result)
         except Exception as exc:
-            self.signals.errored.emit(exc)
+            self._emit("errored", exc)
         finally:
-            self.signals.finished.emit()
+            self._emit("finished")
 
 
 class Task:
