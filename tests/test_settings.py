@@ -42,6 +42,9 @@ def test_model_settings_mirror_load_spec() -> None:
     assert [f.name for f in fields(ModelSettings)] == [
         f.name for f in fields(LoadSpec) if f.name != "model_path"]
     assert ModelSettings().load_spec("/m.gguf") == LoadSpec("/m.gguf")
+    # GPU layers default to the planner's choice, passed in at load time.
+    assert ModelSettings().load_spec("/m.gguf", auto_gpu_layers=31).n_gpu_layers == 31
+    assert ModelSettings(n_gpu_layers=4).load_spec("/m.gguf", 31).n_gpu_layers == 4
 
 
 def test_model_settings_make_a_load_spec() -> None:

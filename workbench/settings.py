@@ -46,7 +46,8 @@ class ModelSettings:
     """How models are loaded: LoadSpec without the path. The defaults are LoadSpec's."""
 
     n_ctx: int = _LOAD_DEFAULTS.n_ctx
-    n_gpu_layers: int = _LOAD_DEFAULTS.n_gpu_layers
+    # None: as many as the fit planner says fit (the user may set a number; -1: all).
+    n_gpu_layers: int | None = None
     n_threads: int | None = _LOAD_DEFAULTS.n_threads
     n_batch: int = _LOAD_DEFAULTS.n_batch
     n_ubatch: int = _LOAD_DEFAULTS.n_ubatch
@@ -55,8 +56,12 @@ class ModelSettings:
     type_v: str = _LOAD_DEFAULTS.type_v
     chat_template: str | None = _LOAD_DEFAULTS.chat_template
 
-    def load_spec(self, model_path: str) -> LoadSpec:
-        return LoadSpec(model_path=model_path, **asdict(self))  # type: ignore[arg-type]
+    def load_spec(self, model_path: str, auto_gpu_layers: int = 0) -> LoadSpec:
+        """The engine's load request; `auto_gpu_layers` fills in an automatic choice."""
+        values = asdict(self)
+        if values["n_gpu_layers"] is None:
+            values["n_gpu_layers"] = auto_gpu_layers
+        return LoadSpec(model_path=model_path, **values)
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,28 @@ def test_loading_a_model_that_will_not_fit_warns_first(qtbot, builtin_model: Pat
         banner.buttons["Load anyway"].click()
     window.close()
     store.close()
+
+
+@pytest.mark.engine
+def test_gpu_layers_default_to_the_planners_choice(qtbot, builtin_model: Path) -> None:
+    from workbench.chat.store import ChatStore
+    from workbench.settings import SettingsStore, data_dir
+    from workbench.ui.main_window import MainWindow
+
+    store = ChatStore(data_dir() / "conversations.db")
+    window = MainWindow(store, SettingsStore())
+    qtbot.addWidget(window)
+    roomy = GpuInfo(vendor="nvidia", index=0, name="Big GPU", total_bytes=24 * GiB,
+                    free_bytes=20 * GiB, used_bytes=4 * GiB, driver="", unified_memory=False)
+    window.hardware.show_snapshot(fake_snapshot(gpus=(roomy,), offload=True))
+    assert window.panel.n_gpu_layers.text() == "Auto"
+    with qtbot.waitSignal(window.engine.sig_loaded, timeout=60_000):
+        window.load_model(str(builtin_model))
+    assert window.engine.spec.n_gpu_layers == 31  # 30 blocks + the output layer: all of it
+    # An explicit choice wins.
+    window.panel.n_gpu_layers.setValue(5)
+    with qtbot.waitSignal(window.engine.sig_loaded, timeout=60_000):
+        window.load_model(str(builtin_model))
+    assert window.engine.spec.n_gpu_layers == 5
+    window.close()
+    store.close()

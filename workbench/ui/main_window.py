@@ -21,10 +21,19 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.chat.store import ChatStore
-from workbench.engine.protocol import EngineDied, EngineError, ModelInfo
+from workbench.engine.protocol import EngineDied, EngineError, LoadSpec, ModelInfo
 from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, display_name
-from workbench.models.fit import FitRequest, ModelShape, budgets_from_snapshot, fixes_for, plan
-from workbench.models.gguf import GGUFError, GGUFHeader, read_header
+from workbench.models.fit import (
+    FitError,
+    FitPlan,
+    FitRequest,
+    ModelShape,
+    budgets_from_snapshot,
+    fixes_for,
+    plan,
+)
+from workbench.models.gguf import GGUFError, GGUFHeader
+from workbench.models.split import read_model_header
 from workbench.resources import icon_path
 from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir
 from workbench.ui import notify
@@ -149,23 +158,24 @@ class MainWindow(QMainWindow):
                    model: ModelSettings | None = None) -> None:
         """Check the file off the GUI thread, then hand it to the engine."""
         model = model or self.panel.model_settings()
-        spec = model.load_spec(path)
 
-        def go() -> None:
+        def go(spec: LoadSpec) -> None:
             self.engine.load(spec)
             self._save(replace(self.settings, model=model,
                                last_model_path=path if remember else None))
 
         def checked(header: GGUFHeader) -> None:
-            warning = self.fit_warning(header, model)
+            fit = self.fit_plan(header, model)
+            spec = model.load_spec(path, auto_gpu_layers=fit.n_gpu_layers if fit else 0)
+            warning = self.fit_warning(header, fit)
             if warning is None:
-                go()
+                go(spec)
                 return
             notify.warning(
                 "This model may not fit", warning,
                 "Loading anyway may make the system swap or the engine run out of memory; "
                 "your conversations are safe either way.",
-                actions=(("Load anyway", go),
+                actions=(("Load anyway", lambda: go(spec)),
                          ("Show the fit", lambda: self.show_fit(path, model))),
                 key="load")
 
@@ -174,22 +184,28 @@ class MainWindow(QMainWindow):
             notify.error("Cannot load this model", message,
                          "The chat and your conversations are unaffected.", key="load")
 
-        op(read_header, path).success(checked).failure(refused).run()
+        op(read_model_header, path).success(checked).failure(refused).run()
 
-    def fit_warning(self, header: GGUFHeader, model: ModelSettings) -> str | None:
-        """What is wrong if the planner says this will not fit (None when it fits, or when
-        the hardware is not known yet)."""
+    def fit_plan(self, header: GGUFHeader, model: ModelSettings) -> FitPlan | None:
+        """The planner's view of loading `header` with `model` settings (None until the
+        hardware is known, or for a header the planner cannot read)."""
         snapshot = self.hardware.snapshot
         if snapshot is None:
             return None
         try:
             shape = ModelShape.from_header(header)
-        except Exception:  # an unusual header: let llama.cpp judge it
+        except FitError:  # an unusual header: let llama.cpp judge it
             return None
         req = FitRequest(n_ctx=model.n_ctx, type_k=model.type_k, type_v=model.type_v,
                          flash_attn=model.flash_attn, n_batch=model.n_batch,
                          n_ubatch=model.n_ubatch, n_gpu_layers=model.n_gpu_layers)
-        result = plan(shape, req, budgets_from_snapshot(snapshot))
+        return plan(shape, req, budgets_from_snapshot(snapshot))
+
+    def fit_warning(self, header: GGUFHeader, result: FitPlan | None) -> str | None:
+        """What is wrong, if the plan says it will not fit or names a problem."""
+        if result is None:
+            return None
+        shape = ModelShape.from_header(header)
         if result.verdict != "wont_fit" and not result.problems:
             return None
         if result.verdict != "wont_fit":

@@ -96,9 +96,13 @@ class SettingsPanel(QScrollArea):
 
         self.n_ctx = QSpinBox(minimum=256, maximum=1 << 20, singleStep=1024, value=model.n_ctx)
         self.n_ctx.setToolTip("Context length: how many tokens of conversation the model sees.")
-        self.n_gpu_layers = QSpinBox(minimum=-1, maximum=1000, value=model.n_gpu_layers)
+        # -1 shows "Auto" (the fit planner's choice); 1000 means all layers.
+        layers = model.n_gpu_layers
+        self.n_gpu_layers = QSpinBox(minimum=-1, maximum=1000)
+        self.n_gpu_layers.setValue(-1 if layers is None else 1000 if layers < 0 else layers)
+        self.n_gpu_layers.setSpecialValueText("Auto")
         self.n_gpu_layers.setToolTip(
-            "Layers to offload to the GPU (-1: all). CPU builds ignore it.")
+            "Layers on the GPU. Auto: as many as fit (see Hardware). CPU builds ignore it.")
         self.n_threads = QSpinBox(minimum=0, maximum=256, value=model.n_threads or 0)
         self.n_threads.setSpecialValueText("Auto")
         self.n_threads.setToolTip("CPU threads (Auto: one per physical core).")
@@ -135,7 +139,7 @@ class SettingsPanel(QScrollArea):
     def model_settings(self) -> ModelSettings:
         return ModelSettings(
             n_ctx=self.n_ctx.value(),
-            n_gpu_layers=self.n_gpu_layers.value(),
+            n_gpu_layers=None if self.n_gpu_layers.value() < 0 else self.n_gpu_layers.value(),
             n_threads=self.n_threads.value() or None,
             n_batch=self.n_batch.value(),
             n_ubatch=min(self.n_batch.value(), 512),

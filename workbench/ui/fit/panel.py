@@ -38,8 +38,9 @@ from workbench.models.fit import (
     fixes_for,
     plan,
 )
-from workbench.models.gguf import GGUFHeader, describe_quantization, read_header
+from workbench.models.gguf import GGUFHeader, describe_quantization
 from workbench.models.measure import measure
+from workbench.models.split import read_model_header
 from workbench.ui.tasks import op
 
 MiB = 2**20
@@ -123,7 +124,7 @@ class FitPanel(QWidget):
 
     def set_model(self, path: str) -> None:
         """Read the model's header off the GUI thread, then plan."""
-        op(read_header, path).success(self.set_header).run()
+        op(read_model_header, path).success(self.set_header).run()
 
     def set_header(self, header: GGUFHeader) -> None:
         self.header = header
