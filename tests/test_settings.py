@@ -45,6 +45,9 @@ def test_model_settings_mirror_load_spec() -> None:
     # GPU layers default to the planner's choice, passed in at load time.
     assert ModelSettings().load_spec("/m.gguf", auto_gpu_layers=31).n_gpu_layers == 31
     assert ModelSettings(n_gpu_layers=4).load_spec("/m.gguf", 31).n_gpu_layers == 4
+    req = ModelSettings(n_ctx=2048, type_k="q8_0", flash_attn=True).fit_request()
+    assert (req.n_ctx, req.type_k, req.flash_attn, req.n_gpu_layers) == (2048, "q8_0", True,
+                                                                         None)
 
 
 def test_model_settings_make_a_load_spec() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.engine.protocol import LoadSpec, Sampling
+from workbench.models.fit import FitRequest
 
 SCHEMA_VERSION = 1
 APP_NAME = "Workbench"
@@ -55,6 +56,12 @@ class ModelSettings:
     type_k: str = _LOAD_DEFAULTS.type_k
     type_v: str = _LOAD_DEFAULTS.type_v
     chat_template: str | None = _LOAD_DEFAULTS.chat_template
+
+    def fit_request(self) -> FitRequest:
+        """The same settings as the fit planner takes them."""
+        return FitRequest(n_ctx=self.n_ctx, type_k=self.type_k, type_v=self.type_v,
+                          n_batch=self.n_batch, n_ubatch=self.n_ubatch,
+                          flash_attn=self.flash_attn, n_gpu_layers=self.n_gpu_layers)
 
     def load_spec(self, model_path: str, auto_gpu_layers: int = 0) -> LoadSpec:
         """The engine's load request; `auto_gpu_layers` fills in an automatic choice."""

@@ -60,6 +60,7 @@ def test_gpu_list_and_cpu_build_hint(qtbot) -> None:
 def test_fit_panel_follows_the_knobs(qtbot, builtin_model: Path) -> None:
     panel = FitPanel()
     qtbot.addWidget(panel)
+    panel.show()  # llama.cpp's sizing runs only for a visible panel
     panel.set_snapshot(fake_snapshot())
     with qtbot.waitSignal(panel.sig_plan_changed):
         panel.set_header(read_header(builtin_model))
@@ -74,6 +75,15 @@ def test_fit_panel_follows_the_knobs(qtbot, builtin_model: Path) -> None:
     assert panel.table.columnCount() == 1 and panel.table.item(0, 0).text().endswith("MiB")
     # llama.cpp's own sizing arrives in the background and takes over the KV figure.
     qtbot.waitUntil(lambda: panel.plan.method["kv"] == "llama.cpp (no_alloc)", timeout=30_000)
+
+
+def test_hidden_fit_panel_does_not_start_sizing(qtbot, builtin_model: Path) -> None:
+    panel = FitPanel()
+    qtbot.addWidget(panel)
+    panel.set_header(read_header(builtin_model))
+    assert not panel._measure_timer.isActive()  # nobody is looking: no child process
+    panel.show()
+    assert panel._measure_timer.isActive()
 
 
 def test_fit_panel_says_what_to_do_when_it_does_not_fit(qtbot, builtin_model: Path) -> None:

@@ -26,7 +26,6 @@ from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, di
 from workbench.models.fit import (
     FitError,
     FitPlan,
-    FitRequest,
     ModelShape,
     budgets_from_snapshot,
     fixes_for,
@@ -196,10 +195,7 @@ class MainWindow(QMainWindow):
             shape = ModelShape.from_header(header)
         except FitError:  # an unusual header: let llama.cpp judge it
             return None
-        req = FitRequest(n_ctx=model.n_ctx, type_k=model.type_k, type_v=model.type_v,
-                         flash_attn=model.flash_attn, n_batch=model.n_batch,
-                         n_ubatch=model.n_ubatch, n_gpu_layers=model.n_gpu_layers)
-        return plan(shape, req, budgets_from_snapshot(snapshot))
+        return plan(shape, model.fit_request(), budgets_from_snapshot(snapshot))
 
     def fit_warning(self, header: GGUFHeader, result: FitPlan | None) -> str | None:
         """What is wrong, if the plan says it will not fit or names a problem."""

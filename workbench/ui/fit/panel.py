@@ -171,7 +171,14 @@ class FitPanel(QWidget):
 
     def _on_settings_changed(self, *_args: object) -> None:
         self._replan()
-        if self.header is not None:
+        # llama.cpp's sizing costs a child process: only for a panel someone is looking at.
+        if self.header is not None and self.isVisible():
+            self._measure_timer.start()
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if self.header is not None and self._measured_for != replace(self.request(),
+                                                                     n_gpu_layers=None):
             self._measure_timer.start()
 
     def _replan(self) -> None:
