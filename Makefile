@@ -25,6 +25,7 @@ bench: setup
 	$(PY) -m workbench.bench turns
 	$(PY) -m workbench.bench stop
 	$(PY) -m workbench.bench fit
+	$(PY) -m workbench.bench download
 
 screenshots: setup-test
 	QT_QPA_PLATFORM=offscreen $(PY) -m workbench.ui.screenshots docs

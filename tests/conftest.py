@@ -16,7 +16,23 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 def workbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("WORKBENCH_HOME", str(home))
+    # The Hugging Face cache too: the Library scans it, downloads land in it.
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return home
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator:
+    """A loopback Hub on 127.0.0.1 that huggingface_hub talks to instead of the real one."""
+    from workbench.bench.hub_server import HubServer, patch_hub_env
+
+    with HubServer() as server:
+        patch_hub_env(monkeypatch, server, tmp_path)
+        yield server
 
 
 @pytest.fixture(scope="session")

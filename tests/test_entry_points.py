@@ -43,6 +43,7 @@ def test_self_test_reports_a_missing_model() -> None:
     ("turns", "eval_tokens_turn10_over_new"),
     ("stop", "ratio_vs_target"),
     ("fit", "worst_rel_error"),
+    ("download", "ratio_vs_hf_hub_download"),
 ])
 def test_benchmarks_print_their_ratio(name: str, key: str) -> None:
     done, result = run_json("workbench.bench", name, "--json", "--quick")

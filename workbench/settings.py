@@ -79,6 +79,7 @@ class Settings:
     sampling: Sampling = field(default_factory=Sampling)
     preset: str = "Balanced"
     user_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    library_folders: tuple[str, ...] = ()  # extra folders the Library scans for GGUFs
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,6 +104,7 @@ class Settings:
             kwargs["sampling"] = Sampling.from_dict(dict(data.get("sampling") or {}))
         except TypeError:
             kwargs["sampling"] = defaults.sampling
+        kwargs["library_folders"] = tuple(str(f) for f in data.get("library_folders") or ())
         kwargs["schema_version"] = SCHEMA_VERSION
         return replace(defaults, **kwargs)
 

@@ -1,4 +1,5 @@
-"""Remote GGUF headers through huggingface_hub, against the loopback Hub (tests/hub_server.py)."""
+"""Remote GGUF headers through huggingface_hub, against the loopback Hub
+(workbench/bench/hub_server.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub_server import HubServer
+from workbench.bench.hub_server import HubServer
 from workbench.models.gguf import GGUFError, describe_quantization, read_header
 from workbench.models.remote import read_remote_header
 

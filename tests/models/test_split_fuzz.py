@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.hub_server import HubServer
+from workbench.bench.hub_server import HubServer
 from workbench.models.gguf import (
     MAX_KV,
     BytesSource,

@@ -34,12 +34,15 @@ from workbench.models.fit import (
 from workbench.models.gguf import GGUFError, GGUFHeader
 from workbench.models.split import read_model_header
 from workbench.resources import icon_path
-from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir
+from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir, data_dir
 from workbench.ui import notify
 from workbench.ui.chat.page import ChatPage
 from workbench.ui.chat.settings_panel import SettingsPanel
 from workbench.ui.engine_controller import EngineController
 from workbench.ui.hardware.page import HardwarePage
+from workbench.ui.models.browser import ModelsPage
+from workbench.ui.models.downloads import DownloadsPanel
+from workbench.ui.models.library import LibraryPage
 from workbench.ui.tasks import op
 
 _LEVEL_COLOURS = {"error": "#fdecea", "warning": "#fff4e5", "info": "#e8f4fd"}
@@ -91,10 +94,15 @@ class MainWindow(QMainWindow):
         self.panel = SettingsPanel(s.sampling, s.model, s.preset, s.user_presets)
         self.chat = ChatPage(store, self.engine, self.panel)
         self.hardware = HardwarePage()
+        self.downloads = DownloadsPanel(data_dir() / "downloads")
+        self.models = ModelsPage(self.downloads, lambda: self.hardware.snapshot)
+        self.library = LibraryPage(list(s.library_folders), data_dir() / "models",
+                                   lambda: self.hardware.snapshot)
         self.pages = QStackedWidget()
         self.nav = QListWidget()
         self.nav.setFixedWidth(110)
-        for title, page in (("Chat", self.chat), ("Hardware", self.hardware)):
+        for title, page in (("Chat", self.chat), ("Models", self.models),
+                            ("Library", self.library), ("Hardware", self.hardware)):
             self.nav.addItem(title)
             self.pages.addWidget(page)
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
@@ -126,6 +134,11 @@ class MainWindow(QMainWindow):
         self.chat.sig_reload_model.connect(self.reload_with)
         self.panel.sig_open_model.connect(self.choose_model_file)
         self.panel.sig_load_builtin.connect(self.load_builtin)
+        self.library.sig_load.connect(self._on_library_load)
+        self.hardware.sig_snapshot.connect(self.library.refresh)  # fit labels need it
+        self.library.sig_folders_changed.connect(
+            lambda folders: self._save(replace(self.settings, library_folders=tuple(folders))))
+        self.models.sig_downloaded.connect(self._on_models_downloaded)
         self._restore_window_state()
         self._on_engine_state_changed(self.engine.state)
 
@@ -139,6 +152,7 @@ class MainWindow(QMainWindow):
         """Probe the hardware in the background; load the last model used, or the built-in
         one on first start."""
         self.hardware.refresh()
+        self.library.refresh()
         path = self.settings.last_model_path
         if path:
             self.load_model(path)
@@ -184,6 +198,18 @@ class MainWindow(QMainWindow):
                          "The chat and your conversations are unaffected.", key="load")
 
         op(read_model_header, path).success(checked).failure(refused).run()
+
+    def _on_library_load(self, path: str) -> None:
+        self.load_model(path)
+        self.show_page("Chat")
+
+    def _on_models_downloaded(self, progress: object) -> None:
+        self.library.refresh()
+        paths = getattr(progress, "paths", ())
+        if paths:
+            notify.info("Download finished", f"{paths[0]} is verified and ready.",
+                        actions=(("Load it", lambda: self._on_library_load(paths[0])),),
+                        key="downloaded")
 
     def fit_plan(self, header: GGUFHeader, model: ModelSettings) -> FitPlan | None:
         """The planner's view of loading `header` with `model` settings (None until the
@@ -317,4 +343,5 @@ class MainWindow(QMainWindow):
         qs.setValue("chat_splitter", self.chat.splitter.saveState())
         qs.setValue("page", self.nav.currentRow())
         self.engine.close()
+        self.downloads.close_manager()  # running downloads pause, keeping their bytes
         super().closeEvent(event)

@@ -27,9 +27,59 @@ def _settle(ms: int = 300) -> None:
     loop.exec()
 
 
+def _shoot_models(window, out: Path) -> None:
+    """The Models page browsing a loopback Hub that serves the built-in model (the real
+    Hub is out of reach here), with a download finished, and the Library."""
+    from workbench.bench.hub_server import HubServer, patch_hub_env
+    from workbench.models.builtin import builtin_model_path
+
+    class Env:  # patch_hub_env takes anything with pytest's monkeypatch methods
+        def setenv(self, key: str, value: str) -> None:
+            os.environ[key] = value
+
+        def delenv(self, key: str, raising: bool = True) -> None:
+            os.environ.pop(key, None)
+
+        def setattr(self, target: object, name: str, value: object) -> None:
+            setattr(target, name, value)
+
+    server = HubServer().start()
+    patch_hub_env(Env(), server, Path(os.environ["WORKBENCH_HOME"]))
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+    server.add_repo(repo, downloads=48213, likes=97, tags=("gguf", "text-generation"),
+                    card_data={"license": "apache-2.0"})
+    server.add_file(repo, "README.md", b"# SmolLM2 135M Instruct, GGUF\n\nA compact "
+                    b"instruction-tuned model from **Hugging Face**, quantized for llama.cpp."
+                    b"\n\n```sh\nllama-cli -m SmolLM2-135M-Instruct-Q4_1.gguf\n```\n")
+    server.add_file(repo, "SmolLM2-135M-Instruct-Q4_1.gguf", builtin_model_path())
+    page = window.models
+    window.show_page("Models")
+    page.search.setText("SmolLM2")
+    page.run_search()
+    _wait(page.results.model().rowsInserted, 20_000)
+    page.results.setCurrentRow(0)
+    _settle(1500)  # details, then the remote header read for the fit labels
+    group = page.files.topLevelItem(0)
+    if group is not None and group.childCount():
+        page.files.setCurrentItem(group.child(0))
+        page.download_button.click()
+        _wait(page.sig_downloaded, 60_000)
+    _settle(800)
+    window.grab().save(str(out / "models.png"))
+    print(f"wrote {out / 'models.png'}")
+    window.show_page("Library")
+    _settle(800)
+    window.grab().save(str(out / "library.png"))
+    print(f"wrote {out / 'library.png'}")
+    server.stop()
+
+
 def main(out_dir: str = "docs") -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    os.environ["WORKBENCH_HOME"] = tempfile.mkdtemp(prefix="workbench-shots-")
+    home = tempfile.mkdtemp(prefix="workbench-shots-")
+    os.environ["WORKBENCH_HOME"] = home
+    # Never touch the user's own Hugging Face cache: the demo downloads land in a temp one.
+    os.environ["HF_HUB_CACHE"] = os.path.join(home, "hf-cache")
     from PySide6.QtWidgets import QApplication
 
     from workbench.chat.store import ChatStore
@@ -65,6 +115,8 @@ def main(out_dir: str = "docs") -> int:
     _settle()
     window.grab().save(str(out / "hardware.png"))
     print(f"wrote {out / 'hardware.png'}")
+
+    _shoot_models(window, out)
     window.close()
     store.close()
     return 0

@@ -1,4 +1,5 @@
-"""A loopback stand-in for the Hugging Face Hub, for tests: the real Hub is unreachable.
+"""A loopback stand-in for the Hugging Face Hub, for tests and benchmarks: the real Hub is
+unreachable from them.
 
 Serves files registered in memory or from disk the way huggingface_hub expects:
 
@@ -7,11 +8,13 @@ Serves files registered in memory or from disk the way huggingface_hub expects:
   and X-Linked-Size (what get_hf_file_metadata reads). With `redirect_lfs`, LFS files
   answer 302 to a "CDN" URL on a different origin (localhost instead of 127.0.0.1), as
   the real Hub does, so a client must not send its token there.
-- GET /api/models/{repo_id}[/revision/{rev}] (siblings with size, blobId and lfs) and
-  /api/models/{repo_id}/tree/{rev}[/{path}] (?recursive=true).
+- GET /api/models/{repo_id}[/revision/{rev}] (siblings with size, blobId and lfs, cardData,
+  gated) and /api/models/{repo_id}/tree/{rev}[/{path}] (?recursive=true).
+- GET /api/models?search=&filter=&author=&sort=&direction=&limit= (HfApi.list_models).
 
-Fault switches per file (fail with a status, drop the connection after N body bytes),
-repositories that need a token, a request log and per-file byte counters.
+Fault switches per file (fail with a status, drop the connection after N body bytes, stall
+mid-body, serve a flipped byte), repositories that need a token, a request log and per-file
+byte counters.
 Use `patch_hub_env` to point huggingface_hub at a server.
 """
 
@@ -27,13 +30,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import pytest
-
-from tests.hub_content import LFS_MIN_SIZE, LFS_SUFFIXES, HubFile, HubRepo, model_info, tree
+from workbench.bench.hub_content import (
+    LFS_MIN_SIZE,
+    LFS_SUFFIXES,
+    HubFile,
+    HubRepo,
+    list_models,
+    model_info,
+    tree,
+)
 
 __all__ = ["HubFile", "HubRepo", "HubServer", "LoggedRequest", "patch_hub_env"]
 
-_SEND_CHUNK = 256 * 1024
+_SEND_CHUNK = 1 << 20
 _DEFAULT_ERROR_CODES = {404: "EntryNotFound"}
 
 
@@ -55,6 +64,7 @@ class HubServer:
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+        self._stopping = threading.Event()  # ends injected stalls so that stop() is prompt
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -64,6 +74,7 @@ class HubServer:
         class Handler(_Handler):
             server_hub = hub
 
+        self._stopping.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True,
@@ -71,6 +82,7 @@ class HubServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -98,13 +110,22 @@ class HubServer:
 
     # -- content -----------------------------------------------------------------------
 
-    def add_repo(self, repo_id: str, *, token: str | None = None,
-                 gated: bool = False) -> HubRepo:
+    def add_repo(self, repo_id: str, *, token: str | None = None, gated: bool = False,
+                 downloads: int | None = None, likes: int | None = None,
+                 trending_score: int | None = None, tags: list[str] | None = None,
+                 last_modified: str | None = None,
+                 card_data: dict[str, Any] | None = None) -> HubRepo:
+        """Register (or update) a repository; listing attributes left None keep their value."""
         if repo_id not in self.repos:
             commit = hashlib.sha1(repo_id.encode()).hexdigest()
             self.repos[repo_id] = HubRepo(repo_id, commit)
         repo = self.repos[repo_id]
         repo.token, repo.gated = token, gated
+        for name, value in (("downloads", downloads), ("likes", likes), ("tags", tags),
+                            ("trending_score", trending_score), ("card_data", card_data),
+                            ("last_modified", last_modified)):
+            if value is not None:
+                setattr(repo, name, value)
         return repo
 
     def add_file(self, repo_id: str, filename: str, content: bytes | str | Path, *,
@@ -124,14 +145,27 @@ class HubServer:
         return self.repos[repo_id].files[filename]
 
     def fail(self, repo_id: str, filename: str, status: int | None, *,
-             error_code: str | None = None, methods: tuple[str, ...] = ("GET", "HEAD")) -> None:
-        """Answer requests for the file with `status` (None: serve normally again)."""
+             error_code: str | None = None, methods: tuple[str, ...] = ("GET", "HEAD"),
+             retry_after: float | None = None) -> None:
+        """Answer requests for the file with `status` (None: serve normally again), with a
+        Retry-After header if given."""
         f = self.file(repo_id, filename)
         f.fail_status, f.fail_error_code, f.fail_methods = status, error_code, methods
+        f.fail_retry_after = retry_after
 
     def drop_after(self, repo_id: str, filename: str, n_bytes: int | None) -> None:
         """Close the connection after sending `n_bytes` of each response body."""
         self.file(repo_id, filename).drop_after = n_bytes
+
+    def stall(self, repo_id: str, filename: str, after_bytes: int, seconds: float, *,
+              close: bool = False, times: int | None = 1) -> None:
+        """Stop sending for `seconds` after `after_bytes` of a response body, then go on (or
+        close the connection). Applies to the next `times` responses (None: all of them)."""
+        self.file(repo_id, filename).stall = (after_bytes, seconds, close, times)
+
+    def corrupt(self, repo_id: str, filename: str, offset: int | None) -> None:
+        """Serve the byte at `offset` flipped (None: serve the true bytes again)."""
+        self.file(repo_id, filename).corrupt_offset = offset
 
     def bytes_served(self, repo_id: str, filename: str | None = None) -> int:
         files = self.repos[repo_id].files
@@ -207,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         segments = [unquote(s) for s in url.path.strip("/").split("/")]
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if segments == ["api", "models"]:
+            return self._list_models(parse_qs(url.query))
         if segments[:2] == ["api", "models"]:
             repo, rest = hub._split_repo(segments[2:])
             return self._api(repo, rest, query)
@@ -237,6 +273,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, None, "Invalid credentials in Authorization header")
         return False
 
+    def _list_models(self, query: dict[str, list[str]]) -> None:
+        sent = self.headers.get("Authorization")
+        repos = list(self.server_hub.repos.values())
+        opened = {r.repo_id for r in repos if r.token and sent == f"Bearer {r.token}"}
+        payload = list_models(repos, query, opened)
+        self._send(200, {"Content-Type": "application/json"}, json.dumps(payload).encode())
+
     def _revision_ok(self, repo: HubRepo, revision: str) -> bool:
         if revision in ("main", repo.commit):
             return True
@@ -257,10 +300,13 @@ class _Handler(BaseHTTPRequestHandler):
             sent = len(body)
         self.server_hub._record(self, status, sent)
 
-    def _error(self, status: int, code: str | None, message: str) -> None:
+    def _error(self, status: int, code: str | None, message: str,
+               retry_after: float | None = None) -> None:
         headers = {"Content-Type": "application/json", "X-Error-Message": message}
         if code:
             headers["X-Error-Code"] = code
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
         self._send(status, headers, json.dumps({"error": message}).encode())
 
     def _json(self, repo: HubRepo, payload: Any) -> None:
@@ -293,7 +339,8 @@ class _Handler(BaseHTTPRequestHandler):
             hub_file.requests += 1
         if hub_file.fail_status is not None and self.command in hub_file.fail_methods:
             code = hub_file.fail_error_code or _DEFAULT_ERROR_CODES.get(hub_file.fail_status)
-            return self._error(hub_file.fail_status, code, "Injected failure")
+            return self._error(hub_file.fail_status, code, "Injected failure",
+                               hub_file.fail_retry_after)
         size = hub_file.size
         headers = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream"}
@@ -323,26 +370,54 @@ class _Handler(BaseHTTPRequestHandler):
         self.server_hub._record(self, status, sent)
         return None
 
+    def _take_stall(self, hub_file: HubFile) -> tuple[int, float, bool] | None:
+        """The stall this response is to have, if any (counting it against `times`)."""
+        with self.server_hub._lock:
+            if hub_file.stall is None:
+                return None
+            after, seconds, close, times = hub_file.stall
+            if times is not None:
+                hub_file.stall = (after, seconds, close, times - 1) if times > 1 else None
+            return after, seconds, close
+
     def _send_body(self, hub_file: HubFile, start: int, stop: int) -> int:
         limit = stop if hub_file.drop_after is None else min(stop, start + hub_file.drop_after)
+        stall = self._take_stall(hub_file)
+        stall_at = None if stall is None else start + stall[0]
         sent = 0
         try:
-            for pos in range(start, limit, _SEND_CHUNK):
-                chunk = hub_file.read(pos, min(pos + _SEND_CHUNK, limit))
+            pos = start
+            while pos < limit:
+                end = min(pos + _SEND_CHUNK, limit)
+                if stall_at is not None and pos < stall_at < end:
+                    end = stall_at  # send exactly up to the stall point
+                if stall is not None and pos == stall_at:
+                    self.wfile.flush()
+                    self.server_hub._stopping.wait(stall[1])  # the injected fault: silence
+                    stall_at = None
+                    if stall[2]:
+                        limit = pos
+                        break
+                chunk = hub_file.read(pos, end)
                 self.wfile.write(chunk)
                 sent += len(chunk)
+                pos = end
                 with self.server_hub._lock:
                     hub_file.bytes_served += len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client hung up early: allowed
+            return sent
         if limit < stop:
             self.wfile.flush()
             self.close_connection = True  # the injected fault: body cut short
         return sent
 
 
-def patch_hub_env(monkeypatch: pytest.MonkeyPatch, server: HubServer, tmp_path: Path) -> None:
+def patch_hub_env(monkeypatch: Any, server: HubServer, tmp_path: Path) -> None:
     """Point huggingface_hub at `server`, online, with no token of the user's.
+
+    `monkeypatch` is pytest's fixture, or anything with its setenv/delenv/setattr (duck-typed
+    so that this module does not need pytest, which the app does not ship).
 
     huggingface_hub reads its environment at import, so its constants are patched too.
     """
