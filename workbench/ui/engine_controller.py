@@ -19,6 +19,7 @@ from workbench.engine.protocol import (
     ModelInfo,
     Sampling,
     Token,
+    Tokenized,
     Unloaded,
 )
 
@@ -42,6 +43,8 @@ class EngineController(QObject):
     """EngineError for a chat request."""
     sig_died = Signal(object)
     """EngineDied: the engine process is gone."""
+    sig_tokenized = Signal(object)
+    """Tokenized: the answer to tokenize()."""
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -73,6 +76,9 @@ class EngineController(QObject):
     def cancel(self) -> None:
         if self._chat_id is not None:
             self.engine.cancel(self._chat_id)
+
+    def tokenize(self, text: str) -> int:
+        return self.engine.tokenize(text, special=False)
 
     def unload(self) -> None:
         self.engine.unload()
@@ -119,6 +125,8 @@ class EngineController(QObject):
                 self._chat_id = None
                 self._set_state("ready" if self.model else "empty")
                 self.sig_chat_failed.emit(event)
+        elif isinstance(event, Tokenized):
+            self.sig_tokenized.emit(event)
         elif isinstance(event, Unloaded):
             self.model = None
             self._set_state("empty")

@@ -8,6 +8,7 @@ from dataclasses import replace
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
+    QDockWidget,
     QFileDialog,
     QFrame,
     QHBoxLayout,
@@ -39,6 +40,8 @@ from workbench.ui import notify
 from workbench.ui.chat.page import ChatPage
 from workbench.ui.chat.settings_panel import SettingsPanel
 from workbench.ui.engine_controller import EngineController
+from workbench.ui.explain.demos import DemosWidget
+from workbench.ui.explain.panel import ExplainerPanel
 from workbench.ui.hardware.page import HardwarePage
 from workbench.ui.models.browser import ModelsPage
 from workbench.ui.models.downloads import DownloadsPanel
@@ -118,6 +121,13 @@ class MainWindow(QMainWindow):
         row.addWidget(self.pages, 1)
         layout.addLayout(row, 1)
         self.setCentralWidget(central)
+        self.explainer = ExplainerPanel()
+        self.demos = DemosWidget(self.engine)
+        self.explainer.add_demos(self.demos)
+        self.explainer_dock = QDockWidget("Explainer", self)
+        self.explainer_dock.setObjectName("explainer-dock")
+        self.explainer_dock.setWidget(self.explainer)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.explainer_dock)
         self.engine_label = QLabel()
         self.statusBar().addPermanentWidget(self.engine_label)
         self._build_menu()
@@ -139,6 +149,10 @@ class MainWindow(QMainWindow):
         self.library.sig_folders_changed.connect(
             lambda folders: self._save(replace(self.settings, library_folders=tuple(folders))))
         self.models.sig_downloaded.connect(self._on_models_downloaded)
+        self.panel.sig_knob_focused.connect(self._on_panel_knob_focused)
+        self.explainer.sig_show_knob.connect(self._on_explainer_show_knob)
+        self.engine.sig_chat_done.connect(
+            lambda done: self.demos.set_used_tokens(done.timings.n_ctx_used))
         self._restore_window_state()
         self._on_engine_state_changed(self.engine.state)
 
@@ -198,6 +212,14 @@ class MainWindow(QMainWindow):
                          "The chat and your conversations are unaffected.", key="load")
 
         op(read_model_header, path).success(checked).failure(refused).run()
+
+    def _on_panel_knob_focused(self, key: str, concept: str) -> None:
+        self.explainer.show_knob(key, concept)
+        self.explainer_dock.show()
+
+    def _on_explainer_show_knob(self, key: str) -> None:
+        self.show_page("Chat")
+        self.panel.focus_knob(key)
 
     def _on_library_load(self, path: str) -> None:
         self.load_model(path)
@@ -319,6 +341,8 @@ class MainWindow(QMainWindow):
         quit_action.triggered.connect(self.close)
         for action in (new, open_model, quit_action):
             file_menu.addAction(action)
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.explainer_dock.toggleViewAction())
 
     def _qsettings(self) -> QSettings:
         return QSettings(str(config_dir() / "window.ini"), QSettings.Format.IniFormat)
@@ -330,6 +354,13 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(geometry)
         else:
             self.resize(1280, 800)
+        state = qs.value("window_state")
+        if state is not None:
+            self.restoreState(state)
+        else:
+            # Beside the chat on wide screens; on narrow ones it opens when a knob is focused.
+            screen = self.screen().availableGeometry().width() if self.screen() else 0
+            self.explainer_dock.setVisible(screen >= 1600)
         self.nav.setCurrentRow(int(qs.value("page", 0) or 0))
         splitter = qs.value("chat_splitter")
         if splitter is not None:
@@ -342,6 +373,7 @@ class MainWindow(QMainWindow):
         qs.setValue("geometry", self.saveGeometry())
         qs.setValue("chat_splitter", self.chat.splitter.saveState())
         qs.setValue("page", self.nav.currentRow())
+        qs.setValue("window_state", self.saveState())
         self.engine.close()
         self.downloads.close_manager()  # running downloads pause, keeping their bytes
         super().closeEvent(event)

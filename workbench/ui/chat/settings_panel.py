@@ -244,6 +244,20 @@ class SettingsPanel(QScrollArea):
             self.sig_knob_focused.emit(key, watched.property("concept"))
         return super().eventFilter(watched, event)
 
+    def focus_knob(self, key: str) -> bool:
+        """Scroll to a knob (sampling or load setting) and give it focus."""
+        others = {"seed": self.seed, "stop": self.stop_strings, "n_ctx": self.n_ctx,
+                  "n_gpu_layers": self.n_gpu_layers, "n_threads": self.n_threads,
+                  "n_batch": self.n_batch, "flash_attn": self.flash_attn,
+                  "type_k": self.type_k, "type_v": self.type_v,
+                  "chat_template": self.template}
+        widget = self.knob_widgets.get(key) or others.get(key)
+        if widget is None:
+            return False
+        self.ensureWidgetVisible(widget)
+        widget.setFocus(Qt.FocusReason.OtherFocusReason)
+        return True
+
     def sampling(self) -> Sampling:
         return self._sampling
 

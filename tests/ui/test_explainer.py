@@ -1,0 +1,77 @@
+"""The explainer beside the chat: knob → concept, concept → knob, search, links."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import QUrl
+
+from workbench.chat.store import ChatStore
+from workbench.settings import SettingsStore, data_dir
+from workbench.ui.explain.panel import ExplainerPanel
+from workbench.ui.main_window import MainWindow
+
+
+@pytest.fixture
+def window(qtbot):
+    store = ChatStore(data_dir() / "conversations.db")
+    w = MainWindow(store, SettingsStore())
+    qtbot.addWidget(w)
+    w.show()
+    yield w
+    w.close()
+    store.close()
+
+
+def test_focusing_a_knob_opens_its_concept_beside_the_chat(qtbot, window) -> None:
+    window.explainer_dock.hide()
+    window.activateWindow()
+    window.panel.focus_knob("top_p")
+    qtbot.waitUntil(lambda: window.explainer.current is not None)
+    assert window.explainer.current.id == "top-p" and window.explainer_dock.isVisible()
+    assert "Top-p" in window.explainer.view.toPlainText() or "top-p" in \
+        window.explainer.view.toPlainText().lower()
+
+
+def test_a_concept_links_back_to_its_knob(qtbot, window) -> None:
+    window.show_page("Hardware")
+    window.explainer.show_concept("temperature")
+    assert "knob:temperature" in window.explainer.view.toHtml()
+    window.activateWindow()
+    window.explainer.view.anchorClicked.emit(QUrl("knob:temperature"))
+    assert window.pages.currentWidget() is window.chat
+    qtbot.waitUntil(lambda: window.panel.knob_widgets["temperature"].hasFocus())
+
+
+def test_search_and_cross_links(qtbot) -> None:
+    panel = ExplainerPanel()
+    qtbot.addWidget(panel)
+    total = panel.list.count()
+    assert total >= 38
+    panel.search.setText("cache")
+    assert 0 < panel.list.count() < total
+    assert panel.list.item(0).text().lower().find("cache") >= 0  # a title hit ranks first
+    panel.show_concept("kv-cache")
+    related = panel.current.related
+    assert related
+    panel.view.anchorClicked.emit(QUrl(f"concept:{related[0]}"))
+    assert panel.current.id == related[0]
+    assert not panel.show_concept("no-such-concept")
+
+
+@pytest.mark.engine
+def test_live_demos_follow_the_loaded_model(qtbot, window) -> None:
+    demos = window.demos
+    with qtbot.waitSignal(window.engine.sig_loaded, timeout=60_000):
+        window.start()
+    qtbot.waitUntil(lambda: demos.shape is not None, timeout=10_000)
+    demos.kv_ctx.setValue(2048)
+    assert "45.0 MiB" in demos.kv_text.text()  # what llama.cpp allocates at 2048 (f16)
+    demos.set_used_tokens(100)
+    assert "100 tokens" in demos.kv_text.text()
+    assert "Q4_1" in demos.quant_text.text() and "Q8_0" in demos.quant_text.text()
+    demos.lora_rank.setValue(8)
+    assert "460,800" in demos.lora_text.text()  # 30 × 8 × ((576+576) + (576+192))
+    demos.text_input.setText("Hello world")
+    qtbot.waitUntil(lambda: "tokens for" in demos.token_view.toPlainText(), timeout=10_000)
+    assert "Hello" in demos.token_view.toPlainText()
+    assert "■" in demos.mask_view.toPlainText() and "·" in demos.mask_view.toPlainText()
