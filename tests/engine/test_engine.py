@@ -185,3 +185,12 @@ def test_gguf_without_template_gets_a_fallback_from_its_vocabulary(
         info = blocking.load(LoadSpec(str(bare), n_ctx=1024, chat_template="alpaca"))
         assert info.template_origin == "override"
         assert "### Instruction:" in blocking.chat(ASK, GREEDY).started.prompt_text
+
+
+def test_a_closed_engine_stays_closed(builtin_model: Path) -> None:
+    blocking = BlockingEngine()
+    blocking.load(LoadSpec(str(builtin_model), n_ctx=512))
+    blocking.close()
+    assert not blocking.engine.alive
+    blocking.engine.tokenize("late request")  # e.g. a widget finishing after shutdown
+    assert not blocking.engine.alive and blocking.engine.pid is None

@@ -153,7 +153,9 @@ def test_progress_is_rate_limited_but_every_state_change_is_reported(
     running = [t for t, p in recorder.events if p.state is State.RUNNING]
     assert len(running) >= 2
     gaps = [b - a for a, b in itertools.pairwise(running[1:])]  # [0] follows a change
-    assert all(gap >= 0.09 for gap in gaps), gaps
+    # Ticks come at most every 0.1 s; a report forced by a state change (the stall's
+    # retry) may land next to a tick, so allow a couple of short gaps, not a flood.
+    assert sum(gap < 0.09 for gap in gaps) <= 2, gaps
     last = recorder.events[-1][1]
     assert last.state is State.DONE and last.paths and last.speed_bps == 0
 

@@ -12,12 +12,14 @@ from workbench.engine.protocol import (
     ChatDone,
     ChatMessage,
     ChatStarted,
+    Distribution,
     EngineDied,
     EngineError,
     Event,
     Loaded,
     LoadSpec,
     ModelInfo,
+    PerplexityResult,
     Sampling,
     Stats,
     Token,
@@ -98,4 +100,16 @@ class BlockingEngine:
     def stats(self, timeout: float = 30) -> Stats:
         event = self._wait(self.engine.stats(), Stats, timeout)
         assert isinstance(event, Stats)
+        return event
+
+    def distribution(self, messages: list[ChatMessage], sampling: Sampling, top_n: int = 20,
+                     timeout: float = 120) -> Distribution:
+        rid = self.engine.distribution(messages, sampling, top_n)
+        event = self._wait(rid, Distribution, timeout)
+        assert isinstance(event, Distribution)
+        return event
+
+    def perplexity(self, text: str, timeout: float = 120) -> PerplexityResult:
+        event = self._wait(self.engine.perplexity(text), PerplexityResult, timeout)
+        assert isinstance(event, PerplexityResult)
         return event

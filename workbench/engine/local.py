@@ -65,6 +65,7 @@ class LocalEngine(Engine):
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._closing = False
+        self._closed = False  # close() is final: no request may start a new worker
         self._chat_in_flight: int | None = None
 
     # ------------------------------------------------------------ process
@@ -125,6 +126,8 @@ class LocalEngine(Engine):
             ))
 
     def _send(self, request: wire.Request) -> None:
+        if self._closed:
+            return  # the app is shutting down; a late request must not revive the engine
         self.start()
         with self._lock:
             conn = self._conn
@@ -171,10 +174,21 @@ class LocalEngine(Engine):
         self._send(wire.StatsRequest(rid))
         return rid
 
+    def distribution(self, messages: list[ChatMessage], sampling: Sampling,
+                     top_n: int = 20) -> int:
+        rid = next(self._ids)
+        self._send(wire.DistributionRequest(rid, tuple(messages), sampling, top_n))
+        return rid
+
+    def perplexity(self, text: str) -> int:
+        rid = next(self._ids)
+        self._send(wire.PerplexityRequest(rid, text))
+        return rid
+
     def close(self, timeout: float = 3.0) -> None:
         with self._lock:
             proc, conn = self._proc, self._conn
-            self._closing = True
+            self._closing = self._closed = True
         if proc is None:
             return
         if conn is not None:

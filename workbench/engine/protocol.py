@@ -1,7 +1,9 @@
 """The engine protocol: what the app asks of an inference engine and what it hears back.
 
-It is deliberately narrow (load, chat stream, cancel, unload, tokenize, stats) so that a
-remote OpenAI-compatible server can implement it as well as the local llama.cpp worker.
+It is deliberately narrow (load, chat stream, cancel, unload, tokenize, stats, and two
+inspection requests: the next-token distribution and perplexity) so that a remote
+OpenAI-compatible server can implement it as well as the local llama.cpp worker (it can
+answer `distribution` from top_logprobs, with the final stage only).
 Requests and events are plain frozen dataclasses: they pickle across a process boundary
 and map onto JSON for an HTTP transport.
 """
@@ -166,6 +168,46 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One token of a sampler stage's survivors."""
+
+    token_id: int
+    text: str
+    logit: float  # the logit as this stage leaves it (after penalties, after temperature)
+    prob: float  # renormalised over this stage's survivors
+
+
+@dataclass(frozen=True)
+class SamplerStage:
+    # "logits" | "penalties" | "top_k" | "typical_p" | "top_p" | "min_p" | "temperature"
+    name: str
+    candidates: tuple[Candidate, ...]  # the top `top_n` survivors, most probable first
+    n_kept: int  # how many tokens survive this stage
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The next token's distribution after each stage of the sampler chain, in chain order.
+
+    The last stage is what the next chat turn with the same messages and settings samples
+    its first token from.
+    """
+
+    request_id: int
+    stages: tuple[SamplerStage, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    request_id: int
+    n_tokens: int  # predicted tokens: all but the first
+    mean_nll: float  # nats per token
+    perplexity: float  # exp(mean_nll)
+    tokens: tuple[tuple[str, float], ...]  # (piece, nll in nats) for each predicted token
+
+
+@dataclass(frozen=True)
 class Unloaded:
     request_id: int
 
@@ -175,7 +217,9 @@ class EngineError:
     """A request failed; the engine is still alive. Texts are written for users."""
 
     request_id: int
-    kind: str  # "load_failed" | "not_loaded" | "context_full" | "template" | "busy" | "internal"
+    # "load_failed" | "not_loaded" | "context_full" | "template" | "busy" | "unsupported"
+    # | "internal"
+    kind: str
     message: str
     hint: str = ""
 
@@ -191,8 +235,8 @@ class EngineDied:
 
 
 Event = (
-    Loaded | ChatStarted | Token | ChatDone | Tokenized | Stats | Unloaded | EngineError
-    | EngineDied
+    Loaded | ChatStarted | Token | ChatDone | Tokenized | Stats | Distribution
+    | PerplexityResult | Unloaded | EngineError | EngineDied
 )
 EventCallback = Callable[[Event], None]
 
@@ -222,6 +266,16 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> int: ...
+
+    @abc.abstractmethod
+    def distribution(self, messages: list[ChatMessage], sampling: Sampling,
+                     top_n: int = 20) -> int:
+        """The next token's distribution, stage by stage, for the reply a chat with these
+        messages and settings would start. Answered with a `Distribution`."""
+
+    @abc.abstractmethod
+    def perplexity(self, text: str) -> int:
+        """How well the model predicts `text`. Answered with a `PerplexityResult`."""
 
     @abc.abstractmethod
     def close(self) -> None:

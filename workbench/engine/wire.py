@@ -44,11 +44,25 @@ class StatsRequest:
 
 
 @dataclass(frozen=True)
+class DistributionRequest:
+    request_id: int
+    messages: tuple[ChatMessage, ...]
+    sampling: Sampling
+    top_n: int
+
+
+@dataclass(frozen=True)
+class PerplexityRequest:
+    request_id: int
+    text: str
+
+
+@dataclass(frozen=True)
 class ShutdownRequest:
     request_id: int = 0
 
 
 Request = (
     LoadRequest | ChatRequest | CancelRequest | UnloadRequest | TokenizeRequest | StatsRequest
-    | ShutdownRequest
+    | DistributionRequest | PerplexityRequest | ShutdownRequest
 )

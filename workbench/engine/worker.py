@@ -19,10 +19,12 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from workbench.engine import wire
+from workbench.engine import distribution, wire
 from workbench.engine.generation import Generation, TokenText
+from workbench.engine.perplexity import score_text
 from workbench.engine.protocol import (
     ChatDone,
+    ChatMessage,
     ChatStarted,
     EngineError,
     Event,
@@ -105,6 +107,8 @@ class Worker:
             wire.UnloadRequest: self.on_unload,
             wire.TokenizeRequest: self.on_tokenize,
             wire.StatsRequest: self.on_stats,
+            wire.DistributionRequest: self.on_distribution,
+            wire.PerplexityRequest: self.on_perplexity,
         }
         while True:
             request = self.requests.get()
@@ -222,31 +226,41 @@ class Worker:
                 self.current_chat = None
                 self.cancelled.discard(req.request_id)
 
-    def _chat(self, req: wire.ChatRequest, received: float) -> None:
-        llm, sampling = self.llm, req.sampling
+    def _build_prompt(self, request_id: int,
+                      messages: tuple[ChatMessage, ...]) -> tuple[str, list[int]] | None:
+        """The prompt text and tokens a chat turn sends; None after reporting an error."""
+        llm = self.llm
         try:
             prompt = render_prompt(
                 self.template,
-                [{"role": m.role, "content": m.content} for m in req.messages],
+                [{"role": m.role, "content": m.content} for m in messages],
                 bos_token=self.bos_text,
                 eos_token=self.eos_text,
             )
         except TemplateError as exc:
-            self.send(EngineError(req.request_id, "template", str(exc),
+            self.send(EngineError(request_id, "template", str(exc),
                                   "Choose another chat format in the model settings."))
-            return
+            return None
         tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         if self.add_bos and (not tokens or tokens[0] != llm.token_bos()):
             tokens.insert(0, llm.token_bos())
         n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:
             self.send(EngineError(
-                req.request_id, "context_full",
+                request_id, "context_full",
                 f"The conversation needs {len(tokens):,} tokens but the context holds "
                 f"{n_ctx:,}.",
                 "Drop older messages, start a new chat, or load the model with a larger "
                 "context."))
+            return None
+        return prompt, tokens
+
+    def _chat(self, req: wire.ChatRequest, received: float) -> None:
+        llm, sampling = self.llm, req.sampling
+        built = self._build_prompt(req.request_id, req.messages)
+        if built is None:
             return
+        prompt, tokens = built
         cached = self._cached_prefix(tokens)
         self.send(ChatStarted(req.request_id, prompt, len(tokens), cached))
 
@@ -311,6 +325,51 @@ class Worker:
         text = TokenText(self.llm._model)
         pieces = tuple(text.piece(i, special=True).decode("utf-8", errors="replace") for i in ids)
         self.send(Tokenized(req.request_id, tuple(ids), pieces))
+
+    def on_distribution(self, req: wire.DistributionRequest) -> None:
+        if self.llm is None or self.template is None:
+            self.send(EngineError(req.request_id, "not_loaded", "No model is loaded.",
+                                  "Load a model first."))
+            return
+        built = self._build_prompt(req.request_id, req.messages)
+        if built is None:
+            return
+        tokens = built[1]
+        # The same prompt the next chat turn sends, so its evaluation is not wasted: that
+        # turn finds it cached and samples at once.
+        distribution.eval_prompt(self.llm, tokens)
+        try:
+            stages = distribution.sampler_stages(distribution.last_logits(self.llm),
+                                                 req.sampling)
+        except distribution.NotShown as exc:
+            self.send(EngineError(req.request_id, "unsupported", str(exc),
+                                  "Set Mirostat off to see the stages."))
+            return
+        text = TokenText(self.llm._model)
+        self.send(distribution.to_distribution(
+            req.request_id, stages, len(tokens), req.top_n,
+            lambda t: text.piece(t, special=True).decode("utf-8", errors="replace")))
+
+    def on_perplexity(self, req: wire.PerplexityRequest) -> None:
+        llm = self.llm
+        if llm is None:
+            self.send(EngineError(req.request_id, "not_loaded", "No model is loaded.",
+                                  "Load a model first."))
+            return
+        tokens = llm.tokenize(req.text.encode(), add_bos=self.add_bos, special=False)
+        if len(tokens) > llm.n_ctx():
+            self.send(EngineError(
+                req.request_id, "context_full",
+                f"The text is {len(tokens):,} tokens but the context holds {llm.n_ctx():,}.",
+                "Shorten the text, or load the model with a larger context."))
+            return
+        if len(tokens) < 2:
+            self.send(EngineError(req.request_id, "internal",
+                                  "Perplexity needs a text of at least two tokens."))
+            return
+        text = TokenText(llm._model)
+        self.send(score_text(req.request_id, llm, tokens,
+                             lambda t: text.piece(t).decode("utf-8", errors="replace")))
 
     def on_stats(self, req: wire.StatsRequest) -> None:
         import psutil
