@@ -76,3 +76,25 @@ def test_live_demos_follow_the_loaded_model(qtbot, window) -> None:
     qtbot.waitUntil(lambda: "Hello" in demos.token_view.toPlainText(), timeout=10_000)
     assert "tokens for 11 characters" in demos.token_view.toPlainText()
     assert "■" in demos.mask_view.toPlainText() and "·" in demos.mask_view.toPlainText()
+
+
+@pytest.mark.engine
+def test_next_token_and_perplexity_demos(qtbot, window) -> None:
+    from workbench.engine.protocol import Sampling
+
+    demos = window.demos
+    with qtbot.waitSignal(window.engine.sig_distribution, timeout=60_000) as got:
+        window.start()  # loading the model asks for the first distribution
+    stages = [s.name for s in got.args[0].stages]
+    assert stages[0] == "logits" and stages[-1] == "temperature"
+    qtbot.waitUntil(lambda: "min_p" in demos.next_view.toPlainText(), timeout=10_000)
+    # Moving a knob follows at once: top-k 1 leaves a single candidate at 100%.
+    with qtbot.waitSignal(window.engine.sig_distribution, timeout=30_000) as got:
+        window.panel.knob_widgets["top_k"].setValue(1)
+    final = got.args[0].stages[-1]
+    assert final.n_kept == 1 and final.candidates[0].prob == pytest.approx(1.0)
+    window.panel.set_sampling(Sampling())
+    demos.ppl_input.setText("The capital of France is Paris.")
+    with qtbot.waitSignal(window.engine.sig_perplexity, timeout=30_000):
+        demos.request_perplexity()
+    assert "Perplexity" in demos.ppl_view.text() and "nats" in demos.ppl_view.text()

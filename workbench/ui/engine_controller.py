@@ -10,6 +10,7 @@ from workbench.engine.protocol import (
     ChatDone,
     ChatMessage,
     ChatStarted,
+    Distribution,
     Engine,
     EngineDied,
     EngineError,
@@ -17,6 +18,7 @@ from workbench.engine.protocol import (
     Loaded,
     LoadSpec,
     ModelInfo,
+    PerplexityResult,
     Sampling,
     Token,
     Tokenized,
@@ -45,6 +47,12 @@ class EngineController(QObject):
     """EngineDied: the engine process is gone."""
     sig_tokenized = Signal(object)
     """Tokenized: the answer to tokenize()."""
+    sig_distribution = Signal(object)
+    """Distribution: the next token through each sampler stage."""
+    sig_perplexity = Signal(object)
+    """PerplexityResult."""
+    sig_query_failed = Signal(object)
+    """EngineError for a tokenize/distribution/perplexity query."""
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -79,6 +87,13 @@ class EngineController(QObject):
 
     def tokenize(self, text: str) -> int:
         return self.engine.tokenize(text, special=False)
+
+    def distribution(self, messages: list[ChatMessage], sampling: Sampling,
+                     top_n: int = 10) -> int:
+        return self.engine.distribution(messages, sampling, top_n)
+
+    def perplexity(self, text: str) -> int:
+        return self.engine.perplexity(text)
 
     def unload(self) -> None:
         self.engine.unload()
@@ -125,8 +140,14 @@ class EngineController(QObject):
                 self._chat_id = None
                 self._set_state("ready" if self.model else "empty")
                 self.sig_chat_failed.emit(event)
+            else:
+                self.sig_query_failed.emit(event)
         elif isinstance(event, Tokenized):
             self.sig_tokenized.emit(event)
+        elif isinstance(event, Distribution):
+            self.sig_distribution.emit(event)
+        elif isinstance(event, PerplexityResult):
+            self.sig_perplexity.emit(event)
         elif isinstance(event, Unloaded):
             self.model = None
             self._set_state("empty")

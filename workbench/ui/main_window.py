@@ -153,6 +153,10 @@ class MainWindow(QMainWindow):
         self.explainer.sig_show_knob.connect(self._on_explainer_show_knob)
         self.engine.sig_chat_done.connect(
             lambda done: self.demos.set_used_tokens(done.timings.n_ctx_used))
+        # The next-token demo follows the chat and the knobs.
+        self.engine.sig_chat_done.connect(self.refresh_next_token)
+        self.engine.sig_loaded.connect(self.refresh_next_token)
+        self.panel.sig_sampling_changed.connect(self.refresh_next_token)
         self._restore_window_state()
         self._on_engine_state_changed(self.engine.state)
 
@@ -212,6 +216,11 @@ class MainWindow(QMainWindow):
                          "The chat and your conversations are unaffected.", key="load")
 
         op(read_model_header, path).success(checked).failure(refused).run()
+
+    def refresh_next_token(self, *_args: object) -> None:
+        """The distribution of the reply's next token for this chat (or a greeting)."""
+        messages = self.chat.next_token_messages()
+        self.demos.request_distribution(messages, self.panel.sampling())
 
     def _on_panel_knob_focused(self, key: str, concept: str) -> None:
         self.explainer.show_knob(key, concept)

@@ -103,8 +103,22 @@ def main(out_dir: str = "docs") -> int:
     _settle()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    window.explainer_dock.hide()
+    _settle()
     window.grab().save(str(out / "chat.png"))
     print(f"wrote {out / 'chat.png'}")
+
+    window.resize(1700, 900)
+    window.explainer_dock.show()
+    window.activateWindow()
+    window.panel.focus_knob("top_p")
+    window.refresh_next_token()
+    _wait(window.engine.sig_distribution, 20_000)
+    _settle(500)
+    window.grab().save(str(out / "explainer.png"))
+    print(f"wrote {out / 'explainer.png'}")
+    window.explainer_dock.hide()
+    window.resize(1400, 860)
 
     if window.hardware.snapshot is None:
         _wait(window.hardware.sig_snapshot)

@@ -228,6 +228,17 @@ class ChatPage(QWidget):
             history.append(ChatMessage(m.role, m.content))
         return history
 
+    def next_token_messages(self) -> list[ChatMessage]:
+        """What the next reply would be sent: the chat up to its last user message, plus
+        the composer's text if any (for the explainer's next-token demo)."""
+        history = self._history(self.conversation_id) if self.conversation_id else []
+        draft = self.composer.toPlainText().strip()
+        if draft:
+            return [*history, ChatMessage("user", draft)]
+        while history and history[-1].role != "user":
+            history.pop()
+        return history or [ChatMessage("user", "Hello! Who are you?")]
+
     def _start_reply(self, conversation_id: int) -> None:
         sampling = self.panel.sampling()
         history = self._history(conversation_id)

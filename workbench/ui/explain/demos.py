@@ -18,7 +18,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from workbench.engine.protocol import Tokenized
+from workbench.engine.protocol import (
+    ChatMessage,
+    Distribution,
+    EngineError,
+    PerplexityResult,
+    Sampling,
+    Tokenized,
+)
 from workbench.explain.demos import (
     LORA_TARGETS,
     causal_mask,
@@ -84,6 +91,22 @@ class DemosWidget(QTabWidget):
         self.addTab(_page(QLabel("Each row is a token; it may look at the columns marked ■ "
                                  "(itself and what came before), never ahead."),
                           self.mask_view), "Attention mask")
+        self.next_view = QTextBrowser()
+        self.insertTab(0, _page(QLabel("The next token of the reply, through each stage of "
+                                       "llama.cpp's sampler chain, for this chat and the "
+                                       "knobs as they are now."), self.next_view),
+                       "Next token")
+        self.ppl_input = QLineEdit("The capital of France is Paris.")
+        self.ppl_view = QLabel(wordWrap=True)
+        self.addTab(_page(QLabel("Perplexity of this text under the loaded model"),
+                          self.ppl_input, self.ppl_view), "Perplexity")
+        self.setCurrentIndex(0)
+        self._distribution_id: int | None = None
+        self._perplexity_id: int | None = None
+        self.ppl_input.editingFinished.connect(self.request_perplexity)
+        engine.sig_distribution.connect(self._on_engine_distribution)
+        engine.sig_perplexity.connect(self._on_engine_perplexity)
+        engine.sig_query_failed.connect(self._on_engine_query_failed)
 
         for signal in (self.kv_ctx.valueChanged, self.kv_type.currentIndexChanged):
             signal.connect(self.show_kv)
@@ -162,6 +185,48 @@ class DemosWidget(QTabWidget):
         self.token_view.setHtml(f"<p>{len(event.ids)} tokens for "
                                 f"{len(self.text_input.text())} characters</p><p>{chips}</p>")
         self.show_mask(list(event.pieces[:12]))
+
+    def request_distribution(self, messages: list[ChatMessage], sampling: Sampling) -> None:
+        """Ask for the next token's distribution (call when the chat or the knobs change)."""
+        if self.engine.ready and messages:
+            self._distribution_id = self.engine.distribution(messages, sampling)
+
+    def _on_engine_distribution(self, event: Distribution) -> None:
+        if event.request_id != self._distribution_id:
+            return
+        blocks = []
+        for stage in event.stages:
+            rows = "".join(
+                f"<tr><td>{html.escape(c.text).replace(' ', '·') or '∅'}</td>"
+                f"<td><table cellspacing=0><tr><td bgcolor='#4a7fd6' "
+                f"width={max(1, int(c.prob * 160))}></td></tr></table></td>"
+                f"<td align=right>{100 * c.prob:.1f}%</td></tr>"
+                for c in stage.candidates[:6])
+            blocks.append(f"<p><b>{stage.name}</b> — {stage.n_kept:,} tokens left</p>"
+                          f"<table cellpadding=1>{rows}</table>")
+        self.next_view.setHtml(f"<p>{event.prompt_tokens} prompt tokens</p>"
+                               + "".join(blocks))
+
+    def request_perplexity(self) -> None:
+        text = self.ppl_input.text().strip()
+        if text and self.engine.ready:
+            self._perplexity_id = self.engine.perplexity(text)
+
+    def _on_engine_perplexity(self, event: PerplexityResult) -> None:
+        if event.request_id != self._perplexity_id:
+            return
+        worst = sorted(event.tokens, key=lambda t: -t[1])[:3]
+        surprising = ", ".join(f"“{html.escape(p)}” ({nll:.1f} nats)" for p, nll in worst)
+        self.ppl_view.setText(
+            f"Perplexity <b>{event.perplexity:,.1f}</b> over {event.n_tokens} predicted "
+            f"tokens (mean {event.mean_nll:.2f} nats per token).<br>Most surprising: "
+            f"{surprising}")
+
+    def _on_engine_query_failed(self, event: EngineError) -> None:
+        if event.request_id == self._distribution_id:
+            self.next_view.setHtml(f"<p>{html.escape(event.message)}</p>")
+        elif event.request_id == self._perplexity_id:
+            self.ppl_view.setText(html.escape(event.message))
 
     def show_mask(self, pieces: list[str]) -> None:
         mask = causal_mask(len(pieces))
