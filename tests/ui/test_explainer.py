@@ -5,21 +5,13 @@ from __future__ import annotations
 import pytest
 from PySide6.QtCore import QUrl
 
-from workbench.chat.store import ChatStore
-from workbench.settings import SettingsStore, data_dir
 from workbench.ui.explain.panel import ExplainerPanel
 from workbench.ui.main_window import MainWindow
 
 
 @pytest.fixture
-def window(qtbot):
-    store = ChatStore(data_dir() / "conversations.db")
-    w = MainWindow(store, SettingsStore())
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.close()
-    store.close()
+def window(fresh_window: MainWindow) -> MainWindow:
+    return fresh_window
 
 
 def test_focusing_a_knob_opens_its_concept_beside_the_chat(qtbot, window) -> None:

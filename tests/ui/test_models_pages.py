@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
-from workbench.chat.store import ChatStore
-from workbench.settings import SettingsStore, data_dir
 from workbench.ui.main_window import MainWindow
 
 pytestmark = pytest.mark.engine
@@ -26,14 +24,8 @@ def served(hub, builtin_model: Path):
 
 
 @pytest.fixture
-def window(qtbot, served):
-    store = ChatStore(data_dir() / "conversations.db")
-    w = MainWindow(store, SettingsStore())
-    qtbot.addWidget(w)
-    w.show()
-    yield w
-    w.close()
-    store.close()
+def window(fresh_window: MainWindow, served) -> MainWindow:
+    return fresh_window
 
 
 def _this_machine():
