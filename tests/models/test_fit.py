@@ -212,3 +212,18 @@ def test_negative_gpu_layers_mean_all_as_in_llama_cpp(shape: ModelShape) -> None
     big = [DeviceBudget("CPU", "cpu", 1 << 34), DeviceBudget("GPU0", "gpu", 1 << 34)]
     assert plan(shape, FitRequest(n_ctx=256, n_gpu_layers=-1), big).verdict == "full_gpu"
     assert plan(shape, FitRequest(n_ctx=256, n_gpu_layers=0), big).verdict == "cpu"
+
+
+def test_unknown_hardware_still_plans_and_labels_are_shared(shape: ModelShape) -> None:
+    from workbench.models.fit import VERDICT_LABELS
+
+    budgets = budgets_from_snapshot(None)  # before the first probe answers
+    assert [b.kind for b in budgets] == ["cpu"]
+    assert plan(shape, FitRequest(n_ctx=256), budgets).verdict == "cpu"
+    assert set(VERDICT_LABELS) == {"full_gpu", "partial", "cpu", "wont_fit"}
+
+
+def test_bits_per_weight_of_a_file(builtin_model: Path) -> None:
+    header = read_header(builtin_model)
+    assert header.bits_per_weight == 8 * header.file_size / header.n_params
+    assert 5.0 < header.bits_per_weight < 6.5  # Q4_1 plus its f32 norms and metadata

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from workbench.models.fit import BYTES_PER_ELEMENT, FitRequest, ModelShape, kv_bytes_per_layer
 from workbench.models.gguf import GGUFHeader, describe_quantization
+from workbench.models.hub import nominal_bits_per_weight
 
-# Typical bits per weight of llama.cpp's quantization types (llama-quantize's table; a
-# real file mixes types, so its own figure differs a little).
-NOMINAL_BPW = {"Q2_K": 2.96, "Q3_K_M": 3.91, "Q4_0": 4.55, "Q4_K_M": 4.84, "Q5_K_M": 5.68,
-               "Q6_K": 6.56, "Q8_0": 8.50, "F16": 16.0}
+# The types shown beside the loaded file (their typical bits per weight come from
+# models.hub; a real file mixes types, so its own figure differs a little).
+COMPARED_TYPES = ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "F16")
 LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
                 "ffn_down")
 
@@ -55,8 +55,8 @@ def quantization(header: GGUFHeader) -> QuantDemo:
     """Bits per weight of the loaded file, and the size other quantizations would have."""
     n_params = header.n_params
     weights = sum(t.n_bytes or 0 for t in header.tensors)
-    alternatives = tuple((name, bpw, int(n_params * bpw / 8))
-                         for name, bpw in NOMINAL_BPW.items())
+    alternatives = tuple((name, bpw, int(n_params * bpw / 8)) for name in COMPARED_TYPES
+                         if (bpw := nominal_bits_per_weight(name)) is not None)
     return QuantDemo(describe_quantization(header), 8 * weights / max(n_params, 1), weights,
                      n_params, alternatives)
 

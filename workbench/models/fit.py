@@ -380,9 +380,17 @@ def largest_context(shape: ModelShape, req: FitRequest, budgets: Sequence[Device
     return lo * CTX_PAD
 
 
-def budgets_from_snapshot(snapshot: Any) -> list[DeviceBudget]:
+# Short labels for lists and tables.
+VERDICT_LABELS = {"full_gpu": "fits on GPU", "partial": "partial offload", "cpu": "fits (CPU)",
+                  "wont_fit": "too large"}
+
+
+def budgets_from_snapshot(snapshot: Any | None) -> list[DeviceBudget]:
     """CPU: available RAM. GPUs: free memory (not total: another program may hold the
-    rest), and only where the llama.cpp build can offload to them."""
+    rest), and only where the llama.cpp build can offload to them. With no snapshot yet,
+    an unbounded CPU, so plans still show their breakdown."""
+    if snapshot is None:
+        return [DeviceBudget("CPU", "cpu", 1 << 62)]
     budgets = [DeviceBudget("CPU", "cpu", int(snapshot.memory.available_bytes))]
     llama = getattr(snapshot, "llama", None)
     if llama is not None and getattr(llama, "supports_gpu_offload", False):

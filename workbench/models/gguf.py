@@ -174,6 +174,11 @@ class GGUFHeader:
         return sum(t.n_elements for t in self.tensors)
 
     @property
+    def bits_per_weight(self) -> float:
+        """File bits per parameter (what quantization tables quote for a whole file)."""
+        return 8 * self.file_size / max(self.n_params, 1)
+
+    @property
     def context_length(self) -> int | None:
         value = self.metadata.get(f"{self.architecture}.context_length")
         # A damaged file may hold any type here; only a count means something.

@@ -264,7 +264,7 @@ class MainWindow(QMainWindow):
         if result.verdict != "wont_fit":
             return " ".join(result.problems)
         need = sum(d.total for d in result.devices)
-        bpw = 8 * header.file_size / max(header.n_params, 1)
+        bpw = header.bits_per_weight
         fixes = " ".join(fixes_for(shape, result, bpw))
         return (f"{header.name} needs about {need / 2**30:,.1f} GiB with these settings, "
                 f"more than is free. {fixes}")

@@ -130,7 +130,7 @@ class FitPanel(QWidget):
         self.header = header
         self.shape = ModelShape.from_header(header)
         self.measured = self._measured_for = None
-        bpw = 8 * header.file_size / max(header.n_params, 1)
+        bpw = header.bits_per_weight
         name = DISPLAY_NAME if is_builtin(header.path) else header.name
         self.model_label.setText(
             f"<b>{html.escape(name)}</b><br>{header.architecture}, {header.n_params / 1e6:,.0f}M "
@@ -163,8 +163,6 @@ class FitPanel(QWidget):
                           n_gpu_layers=None if layers < 0 else layers)
 
     def budgets(self) -> list[DeviceBudget]:
-        if self.snapshot is None:
-            return [DeviceBudget("CPU", "cpu", 1 << 62)]
         return budgets_from_snapshot(self.snapshot)
 
     # ------------------------------------------------------------ planning
@@ -250,6 +248,6 @@ class FitPanel(QWidget):
         parts = [f"<small>How: {how}</small>"]
         parts += [f"⚠ {problem}" for problem in p.problems]
         if self.shape is not None and self.header is not None:
-            bpw = 8 * self.header.file_size / max(self.header.n_params, 1)
+            bpw = self.header.bits_per_weight
             parts += [f"→ {fix}" for fix in fixes_for(self.shape, p, bpw)]
         self.details.setText("<br>".join(parts))

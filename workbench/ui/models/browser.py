@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 from workbench.hardware.snapshot import HardwareSnapshot
 from workbench.models import tokens
 from workbench.models.downloads import DownloadRequest
-from workbench.models.fit import DeviceBudget, FitRequest, ModelShape, budgets_from_snapshot
+from workbench.models.fit import VERDICT_LABELS, FitRequest, ModelShape, budgets_from_snapshot
 from workbench.models.gguf import GGUFHeader
 from workbench.models.hub import (
     GGUFFile,
@@ -51,8 +51,6 @@ from workbench.ui.markdown import render_markdown
 from workbench.ui.models.downloads import DownloadsPanel
 from workbench.ui.tasks import op
 
-VERDICT_SHORT = {"full_gpu": "fits on GPU", "partial": "partial offload", "cpu": "fits (CPU)",
-                 "wont_fit": "too large"}
 SORTS = {"Most downloads": "downloads", "Most likes": "likes", "Newest": "last_modified"}
 
 
@@ -228,17 +226,13 @@ class ModelsPage(QSplitter):
     def _on_header_failed(self, exc: BaseException) -> None:
         self.picks.setText(f"Fit unknown: the model's header could not be read ({exc}).")
 
-    def _budgets(self) -> list[DeviceBudget]:
-        snapshot = self.snapshot()
-        return budgets_from_snapshot(snapshot) if snapshot else [DeviceBudget("CPU", "cpu",
-                                                                              1 << 62)]
-
     def _show_fit(self) -> None:
         if self.details is None or self.shape is None:
             return
         files = list(self.details.files)
         req = FitRequest(n_ctx=self.n_ctx.value())
-        labels = fit_labels(self.shape, self.shape_size, files, req, self._budgets())
+        labels = fit_labels(self.shape, self.shape_size, files, req,
+                            budgets_from_snapshot(self.snapshot()))
         for i in range(self.files.topLevelItemCount()):
             group = self.files.topLevelItem(i)
             for j in range(group.childCount()):
@@ -246,7 +240,7 @@ class ModelsPage(QSplitter):
                 f: GGUFFile = child.data(0, Qt.ItemDataRole.UserRole)
                 plan = labels.get(f.filename)
                 if plan is not None:
-                    child.setText(3, VERDICT_SHORT[plan.verdict])
+                    child.setText(3, VERDICT_LABELS[plan.verdict])
                     child.setForeground(3, _colour(plan.verdict))
         best = recommend(labels, files)
         lines = []

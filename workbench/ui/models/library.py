@@ -24,7 +24,14 @@ from PySide6.QtWidgets import (
 
 from workbench.hardware.snapshot import HardwareSnapshot
 from workbench.models.builtin import DISPLAY_NAME, BuiltinModelMissing, builtin_model_path
-from workbench.models.fit import FitError, FitRequest, ModelShape, budgets_from_snapshot, plan
+from workbench.models.fit import (
+    VERDICT_LABELS,
+    FitError,
+    FitRequest,
+    ModelShape,
+    budgets_from_snapshot,
+    plan,
+)
 from workbench.models.gguf import GGUFError
 from workbench.models.library import LocalModel, delete_model, reveal_command, scan_library
 from workbench.models.split import read_model_header
@@ -34,8 +41,6 @@ from workbench.ui.tasks import op
 
 COLUMNS = ("Model", "Architecture", "Quant", "Params", "Size", "Context", "Template",
            "Fit (4k context)", "Where")
-FIT_TEXT = {"full_gpu": "fits on GPU", "partial": "partial offload", "cpu": "fits (CPU)",
-            "wont_fit": "too large"}
 
 
 def scan_with_fit(folders: list[Path], app_models_dir: Path,
@@ -59,7 +64,7 @@ def scan_with_fit(folders: list[Path], app_models_dir: Path,
             try:
                 shape = ModelShape.from_header(read_model_header(m.path))
                 req = FitRequest(n_ctx=min(4096, shape.n_ctx_train))
-                label = FIT_TEXT[plan(shape, req, budgets).verdict]
+                label = VERDICT_LABELS[plan(shape, req, budgets).verdict]
             except (GGUFError, FitError):
                 label = "unknown"
         out.append((m, label))
