@@ -194,3 +194,13 @@ def test_a_closed_engine_stays_closed(builtin_model: Path) -> None:
     assert not blocking.engine.alive
     blocking.engine.tokenize("late request")  # e.g. a widget finishing after shutdown
     assert not blocking.engine.alive and blocking.engine.pid is None
+
+
+def test_fresh_replies_do_not_depend_on_the_cache(engine: BlockingEngine) -> None:
+    warm = Sampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=42, max_tokens=24)
+    ask = [ChatMessage("user", "Name a colour.")]
+    first = engine.chat(ask, warm, fresh=True)
+    second = engine.chat(ask, warm, fresh=True)  # its prompt is fully cached: ignored
+    assert first.started.n_cached_tokens == second.started.n_cached_tokens == 0
+    assert first.done.text == second.done.text
+    assert first.done.token_ids == second.done.token_ids and first.done.token_ids

@@ -4,11 +4,13 @@ and core tests. The GUI never uses it; it reacts to events instead."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from workbench.engine.local import LocalEngine
 from workbench.engine.protocol import (
+    AdapterSetting,
+    AdaptersSet,
     ChatDone,
     ChatMessage,
     ChatStarted,
@@ -75,7 +77,8 @@ class BlockingEngine:
         return event.info
 
     def chat(self, messages: list[ChatMessage], sampling: Sampling, timeout: float = 120,
-             on_token: Callable[[str], None] | None = None) -> ChatResult:
+             on_token: Callable[[str], None] | None = None,
+             fresh: bool = False) -> ChatResult:
         result = ChatResult(started=None, done=None, pieces=[])  # type: ignore[arg-type]
 
         def seen(event: Event) -> None:
@@ -86,7 +89,7 @@ class BlockingEngine:
                 if on_token is not None:
                     on_token(event.text)
 
-        rid = self.engine.chat(messages, sampling)
+        rid = self.engine.chat(messages, sampling, fresh=fresh)
         done = self._wait(rid, ChatDone, timeout, seen)
         assert isinstance(done, ChatDone)
         result.done = done
@@ -112,4 +115,10 @@ class BlockingEngine:
     def perplexity(self, text: str, timeout: float = 120) -> PerplexityResult:
         event = self._wait(self.engine.perplexity(text), PerplexityResult, timeout)
         assert isinstance(event, PerplexityResult)
+        return event
+
+    def set_adapters(self, adapters: Sequence[AdapterSetting],
+                     timeout: float = 60) -> AdaptersSet:
+        event = self._wait(self.engine.set_adapters(adapters), AdaptersSet, timeout)
+        assert isinstance(event, AdaptersSet)
         return event

@@ -21,6 +21,7 @@ class GenerationResult:
     n_generated: int
     first_token_at: float | None  # None: cancelled before any token was sampled
     last_token_at: float | None  # None: the first token ended the reply (or none came)
+    token_ids: tuple[int, ...] = ()  # the sampled tokens (end-of-generation excluded)
 
     def timings(self, received: float, n_prompt: int, n_cached: int, n_ctx_used: int,
                 now: float | None = None) -> Timings:
@@ -110,6 +111,7 @@ class Generation:
         longest_stop = max((len(x) for x in self.stops), default=0)
 
         text, emitted, n = "", 0, 0
+        ids: list[int] = []
         first_at: float | None = None
         last_at: float | None = None
         reason: FinishReason = limit_reason
@@ -140,6 +142,7 @@ class Generation:
                     reason = "stop"
                     break
                 n += 1
+                ids.append(token)
                 last_at = now
                 text += decoder.decode(pieces.piece(token))
                 if self.stops:
@@ -165,4 +168,4 @@ class Generation:
         text += decoder.decode(b"", final=True)
         if len(text) > emitted:
             self.on_text(text[emitted:])
-        return GenerationResult(text, reason, n, first_at, last_at)
+        return GenerationResult(text, reason, n, first_at, last_at, tuple(ids))

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 from workbench.engine import wire
 from workbench.engine.protocol import (
+    AdapterSetting,
     ChatDone,
     ChatMessage,
     Engine,
@@ -144,10 +146,11 @@ class LocalEngine(Engine):
         self._send(wire.LoadRequest(rid, spec))
         return rid
 
-    def chat(self, messages: list[ChatMessage], sampling: Sampling) -> int:
+    def chat(self, messages: list[ChatMessage], sampling: Sampling, *,
+             fresh: bool = False) -> int:
         rid = next(self._ids)
         self._chat_in_flight = rid
-        self._send(wire.ChatRequest(rid, tuple(messages), sampling))
+        self._send(wire.ChatRequest(rid, tuple(messages), sampling, fresh))
         return rid
 
     def cancel(self, request_id: int | None = None) -> None:
@@ -183,6 +186,11 @@ class LocalEngine(Engine):
     def perplexity(self, text: str) -> int:
         rid = next(self._ids)
         self._send(wire.PerplexityRequest(rid, text))
+        return rid
+
+    def set_adapters(self, adapters: Sequence[AdapterSetting]) -> int:
+        rid = next(self._ids)
+        self._send(wire.SetAdaptersRequest(rid, tuple(adapters)))
         return rid
 
     def close(self, timeout: float = 3.0) -> None:

@@ -1,9 +1,10 @@
 """The engine protocol: what the app asks of an inference engine and what it hears back.
 
-It is deliberately narrow (load, chat stream, cancel, unload, tokenize, stats, and two
-inspection requests: the next-token distribution and perplexity) so that a remote
-OpenAI-compatible server can implement it as well as the local llama.cpp worker (it can
-answer `distribution` from top_logprobs, with the final stage only).
+It is deliberately narrow (load, chat stream, cancel, unload, tokenize, stats, two
+inspection requests: the next-token distribution and perplexity, and LoRA adapters) so that
+a remote OpenAI-compatible server can implement it as well as the local llama.cpp worker (it
+can answer `distribution` from top_logprobs, with the final stage only, and `set_adapters`
+with EngineError(kind="unsupported")).
 Requests and events are plain frozen dataclasses: they pickle across a process boundary
 and map onto JSON for an HTTP transport.
 """
@@ -11,7 +12,7 @@ and map onto JSON for an HTTP transport.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -76,6 +77,23 @@ class Sampling:
 class ChatMessage:
     role: str  # "system" | "user" | "assistant"
     content: str
+
+
+@dataclass(frozen=True)
+class AdapterSetting:
+    """One GGUF LoRA adapter and how strongly it applies (the UI offers -2..2).
+
+    Disabled adapters and scale 0 are not applied; they are kept in the list so that turning
+    them back on costs nothing (the engine keeps them read).
+    """
+
+    path: str
+    scale: float = 1.0
+    enabled: bool = True
+
+    @property
+    def applies(self) -> bool:
+        return self.enabled and self.scale != 0.0
 
 
 # ---------------------------------------------------------------- events
@@ -148,6 +166,8 @@ class ChatDone:
     reason: FinishReason
     text: str  # the whole reply
     timings: Timings
+    # The sampled token ids, where the engine knows them (a remote server may not).
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,12 +233,20 @@ class Unloaded:
 
 
 @dataclass(frozen=True)
+class AdaptersSet:
+    """The adapters now applied (enabled, non-zero scale), in request order."""
+
+    request_id: int
+    active: tuple[AdapterSetting, ...]
+
+
+@dataclass(frozen=True)
 class EngineError:
     """A request failed; the engine is still alive. Texts are written for users."""
 
     request_id: int
     # "load_failed" | "not_loaded" | "context_full" | "template" | "busy" | "unsupported"
-    # | "internal"
+    # | "adapter" | "internal"
     kind: str
     message: str
     hint: str = ""
@@ -236,7 +264,7 @@ class EngineDied:
 
 Event = (
     Loaded | ChatStarted | Token | ChatDone | Tokenized | Stats | Distribution
-    | PerplexityResult | Unloaded | EngineError | EngineDied
+    | PerplexityResult | Unloaded | AdaptersSet | EngineError | EngineDied
 )
 EventCallback = Callable[[Event], None]
 
@@ -252,7 +280,12 @@ class Engine(abc.ABC):
     def load(self, spec: LoadSpec) -> int: ...
 
     @abc.abstractmethod
-    def chat(self, messages: list[ChatMessage], sampling: Sampling) -> int: ...
+    def chat(self, messages: list[ChatMessage], sampling: Sampling, *,
+             fresh: bool = False) -> int:
+        """Stream a reply. `fresh` evaluates the whole prompt from an empty cache: a reply
+        then depends only on messages, settings and seed, not on what ran before (batched
+        and one-token evaluation give slightly different logits), as the compare view
+        needs. Otherwise the cached prefix of the previous turn is reused."""
 
     @abc.abstractmethod
     def cancel(self, request_id: int | None = None) -> None:
@@ -276,6 +309,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def perplexity(self, text: str) -> int:
         """How well the model predicts `text`. Answered with a `PerplexityResult`."""
+
+    @abc.abstractmethod
+    def set_adapters(self, adapters: Sequence[AdapterSetting]) -> int:
+        """Make exactly these adapters active with these scales (disabled ones or scale 0
+        are not applied), replacing whatever was active; an empty list removes all.
+        Answered with `AdaptersSet`, or EngineError(kind="adapter") when one cannot be used
+        (then the previous adapters stay active). Loading a model starts with none."""
 
     @abc.abstractmethod
     def close(self) -> None:

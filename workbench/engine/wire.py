@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workbench.engine.protocol import ChatMessage, LoadSpec, Sampling
+from workbench.engine.protocol import AdapterSetting, ChatMessage, LoadSpec, Sampling
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ChatRequest:
     request_id: int
     messages: tuple[ChatMessage, ...]
     sampling: Sampling
+    fresh: bool = False  # evaluate the prompt from an empty KV cache
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,17 @@ class PerplexityRequest:
 
 
 @dataclass(frozen=True)
+class SetAdaptersRequest:
+    request_id: int
+    adapters: tuple[AdapterSetting, ...]
+
+
+@dataclass(frozen=True)
 class ShutdownRequest:
     request_id: int = 0
 
 
 Request = (
     LoadRequest | ChatRequest | CancelRequest | UnloadRequest | TokenizeRequest | StatsRequest
-    | DistributionRequest | PerplexityRequest | ShutdownRequest
+    | DistributionRequest | PerplexityRequest | SetAdaptersRequest | ShutdownRequest
 )
