@@ -2,6 +2,8 @@
 # Creates .venv and installs Workbench, llama-cpp-python (compiled from source) and the
 # built-in model. Usage: tools/bootstrap.sh app|test. Re-running with nothing changed is a
 # no-op: a stamp records the pyproject.toml hash, CMAKE_ARGS and the mode installed.
+# WORKBENCH_EXTRAS adds optional extras, e.g. WORKBENCH_EXTRAS=train (LoRA training: torch
+# CPU, transformers, peft), as CI does so that the training tests run.
 set -euo pipefail
 mode=${1:-app}
 venv=${VENV:-.venv}
@@ -14,7 +16,8 @@ if [ ! -x "$py" ]; then
     "$py" -m pip install -q --upgrade pip wheel
 fi
 
-key="$(sha256sum pyproject.toml | cut -c1-16) mode=$mode cmake=$cmake_args"
+more_extras=${WORKBENCH_EXTRAS:-}
+key="$(sha256sum pyproject.toml | cut -c1-16) mode=$mode cmake=$cmake_args extras=$more_extras"
 stamp="$venv/.workbench-setup"
 if [ -f "$stamp" ] && grep -qxF "$key" "$stamp"; then
     exit 0
@@ -48,7 +51,9 @@ if [ "$(cat "$llama_marker" 2>/dev/null)" != "$llama_want" ]; then
 fi
 
 extras=""
-[ "$mode" = test ] && extras="[test]"
+[ "$mode" = test ] && extras="test"
+[ -n "$more_extras" ] && extras="${extras:+$extras,}$more_extras"
+[ -n "$extras" ] && extras="[$extras]"
 echo "==> installing workbench$extras"
 "$py" -m pip install -q -e ".$extras"
 
