@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from workbench.engine.protocol import LoadSpec, Sampling
+from workbench.engine.protocol import AdapterSetting, LoadSpec, Sampling
 from workbench.models.fit import FitRequest
 
 SCHEMA_VERSION = 1
@@ -80,6 +80,9 @@ class Settings:
     preset: str = "Balanced"
     user_presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     library_folders: tuple[str, ...] = ()  # extra folders the Library scans for GGUFs
+    # LoRA adapters in the Adapters page's list, applied to whichever model is loaded when
+    # they fit it (switched off ones stay listed).
+    adapters: tuple[AdapterSetting, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -105,8 +108,21 @@ class Settings:
         except TypeError:
             kwargs["sampling"] = defaults.sampling
         kwargs["library_folders"] = tuple(str(f) for f in data.get("library_folders") or ())
+        kwargs["adapters"] = _adapters_from_json(data.get("adapters"))
         kwargs["schema_version"] = SCHEMA_VERSION
         return replace(defaults, **kwargs)
+
+
+def _adapters_from_json(raw: Any) -> tuple[AdapterSetting, ...]:
+    out = []
+    for item in raw if isinstance(raw, list) else ():
+        try:
+            out.append(AdapterSetting(path=str(item["path"]),
+                                      scale=float(item.get("scale", 1.0)),
+                                      enabled=bool(item.get("enabled", True))))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            continue  # one damaged entry must not lose the others
+    return tuple(out)
 
 
 class SettingsStore:

@@ -7,6 +7,8 @@ from PySide6.QtCore import QObject, Signal
 
 from workbench.engine.local import LocalEngine
 from workbench.engine.protocol import (
+    AdapterSetting,
+    AdaptersSet,
     ChatDone,
     ChatMessage,
     ChatStarted,
@@ -53,6 +55,10 @@ class EngineController(QObject):
     """PerplexityResult."""
     sig_query_failed = Signal(object)
     """EngineError for a tokenize/distribution/perplexity query."""
+    sig_adapters_set = Signal(object)
+    """AdaptersSet: these LoRA adapters are now applied."""
+    sig_adapters_failed = Signal(object)
+    """EngineError: the requested adapters could not be applied (the previous set holds)."""
 
     def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -64,6 +70,11 @@ class EngineController(QObject):
         self.spec: LoadSpec | None = None
         self._load_id: int | None = None
         self._chat_id: int | None = None
+        self._adapters_id: int | None = None
+        self.adapters: tuple[AdapterSetting, ...] = ()  # applied now
+        # Who is driving the engine for a multi-step job ("compare"), None for the chat.
+        # The chat refuses to send while someone else owns the engine.
+        self.owner: str | None = None
 
     # ------------------------------------------------------------ commands
 
@@ -76,8 +87,9 @@ class EngineController(QObject):
         if self.spec is not None:
             self.load(self.spec)
 
-    def chat(self, messages: list[ChatMessage], sampling: Sampling) -> int:
-        self._chat_id = self.engine.chat(messages, sampling)
+    def chat(self, messages: list[ChatMessage], sampling: Sampling, *,
+             fresh: bool = False) -> int:
+        self._chat_id = self.engine.chat(messages, sampling, fresh=fresh)
         self._set_state("busy")
         return self._chat_id
 
@@ -94,6 +106,10 @@ class EngineController(QObject):
 
     def perplexity(self, text: str) -> int:
         return self.engine.perplexity(text)
+
+    def set_adapters(self, adapters: tuple[AdapterSetting, ...]) -> int:
+        self._adapters_id = self.engine.set_adapters(adapters)
+        return self._adapters_id
 
     def unload(self) -> None:
         self.engine.unload()
@@ -129,6 +145,7 @@ class EngineController(QObject):
         elif isinstance(event, Loaded):
             if event.request_id == self._load_id:
                 self.model = event.info
+                self.adapters = ()  # a new model starts without adapters
                 self._set_state("ready")
                 self.sig_loaded.emit(event.info)
         elif isinstance(event, EngineError):
@@ -136,6 +153,8 @@ class EngineController(QObject):
                 self.model = None
                 self._set_state("empty")
                 self.sig_load_failed.emit(event)
+            elif event.request_id == self._adapters_id:
+                self.sig_adapters_failed.emit(event)
             elif event.request_id == self._chat_id:
                 self._chat_id = None
                 self._set_state("ready" if self.model else "empty")
@@ -148,12 +167,16 @@ class EngineController(QObject):
             self.sig_distribution.emit(event)
         elif isinstance(event, PerplexityResult):
             self.sig_perplexity.emit(event)
+        elif isinstance(event, AdaptersSet):
+            self.adapters = event.active
+            self.sig_adapters_set.emit(event)
         elif isinstance(event, Unloaded):
             self.model = None
             self._set_state("empty")
         elif isinstance(event, EngineDied):
             loading = self.state == "loading"
             self.model = None
+            self.adapters = ()
             self._chat_id = None
             self._set_state("crashed")
             if loading:

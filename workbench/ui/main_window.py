@@ -4,6 +4,7 @@ keeps window geometry in QSettings."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
@@ -39,10 +40,13 @@ from workbench.settings import ModelSettings, Settings, SettingsStore, config_di
 from workbench.ui import notify
 from workbench.ui.chat.page import ChatPage
 from workbench.ui.chat.settings_panel import SettingsPanel
+from workbench.ui.compare.page import ComparePage
+from workbench.ui.compare.runner import CompareRunner
 from workbench.ui.engine_controller import EngineController
 from workbench.ui.explain.demos import DemosWidget
 from workbench.ui.explain.panel import ExplainerPanel
 from workbench.ui.hardware.page import HardwarePage
+from workbench.ui.lora.page import AdaptersPage
 from workbench.ui.models.browser import ModelsPage
 from workbench.ui.models.downloads import DownloadsPanel
 from workbench.ui.models.library import LibraryPage
@@ -101,10 +105,18 @@ class MainWindow(QMainWindow):
         self.models = ModelsPage(self.downloads, lambda: self.hardware.snapshot)
         self.library = LibraryPage(list(s.library_folders), data_dir() / "models",
                                    lambda: self.hardware.snapshot)
+        self.compare_runner = CompareRunner(
+            self.engine, lambda path: self.panel.model_settings().load_spec(path), self)
+        self.compare = ComparePage(
+            self.compare_runner, self.panel.sampling,
+            lambda: self.engine.spec.model_path if self.engine.spec else None,
+            self._usable_adapters)
+        self.adapters = AdaptersPage(self.engine, s.adapters, data_dir() / "adapters")
         self.pages = QStackedWidget()
         self.nav = QListWidget()
         self.nav.setFixedWidth(110)
-        for title, page in (("Chat", self.chat), ("Models", self.models),
+        for title, page in (("Chat", self.chat), ("Compare", self.compare),
+                            ("Adapters", self.adapters), ("Models", self.models),
                             ("Library", self.library), ("Hardware", self.hardware)):
             self.nav.addItem(title)
             self.pages.addWidget(page)
@@ -146,6 +158,10 @@ class MainWindow(QMainWindow):
         self.panel.sig_load_builtin.connect(self.load_builtin)
         self.library.sig_load.connect(self._on_library_load)
         self.hardware.sig_snapshot.connect(self.library.refresh)  # fit labels need it
+        self.library.sig_models_changed.connect(self._on_library_models_changed)
+        self.adapters.sig_adapters_changed.connect(
+            lambda adapters: self._save(replace(self.settings, adapters=adapters)))
+        self.adapters.sig_show_concept.connect(self._on_adapters_show_concept)
         self.library.sig_folders_changed.connect(
             lambda folders: self._save(replace(self.settings, library_folders=tuple(folders))))
         self.models.sig_downloaded.connect(self._on_models_downloaded)
@@ -219,6 +235,8 @@ class MainWindow(QMainWindow):
 
     def refresh_next_token(self, *_args: object) -> None:
         """The distribution of the reply's next token for this chat (or a greeting)."""
+        if self.engine.owner is not None:
+            return  # the compare view is driving the engine; its timings stay clean
         messages = self.chat.next_token_messages()
         self.demos.request_distribution(messages, self.panel.sampling())
 
@@ -229,6 +247,19 @@ class MainWindow(QMainWindow):
     def _on_explainer_show_knob(self, key: str) -> None:
         self.show_page("Chat")
         self.panel.focus_knob(key)
+
+    def _usable_adapters(self) -> list[tuple[str, str]]:
+        return [(Path(r.setting.path).stem, r.setting.path) for r in self.adapters.rows
+                if r.usable]
+
+    def _on_adapters_show_concept(self, concept: str) -> None:
+        self.explainer.show_concept(concept)
+        self.explainer_dock.show()
+
+    def _on_library_models_changed(self, models: list) -> None:
+        self.compare.set_models([
+            (f"{display_name(m) if m.source == 'built-in' else m.name} · {m.quant}",
+             str(m.path)) for m in models if not m.error])
 
     def _on_library_load(self, path: str) -> None:
         self.load_model(path)
@@ -378,6 +409,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.chat.active is not None:
             self.chat.stop()
+        self.compare_runner.stop()
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())
         qs.setValue("chat_splitter", self.chat.splitter.saveState())

@@ -74,6 +74,28 @@ def _shoot_models(window, out: Path) -> None:
     server.stop()
 
 
+def _shoot_compare(window, out: Path) -> None:
+    """The Compare page: the built-in Q4_1 against a Q4_0 made from it, greedy decoding."""
+    from workbench.models.builtin import builtin_model_path
+    from workbench.models.requantize import requantize
+
+    builtin = builtin_model_path()
+    q4_0 = requantize(builtin, Path(os.environ["WORKBENCH_HOME"]) / "SmolLM2-135M.Q4_0.gguf")
+    page = window.compare
+    window.show_page("Compare")
+    page.set_axis("model")
+    page.set_models([("SmolLM2 135M (built-in) · Q4_1", str(builtin)),
+                     ("SmolLM2 135M · Q4_0 (requantized)", str(q4_0))])
+    page.prompt.setPlainText("Explain in three sentences why the sky is blue.")
+    page.max_tokens.setValue(120)
+    page.run()
+    _wait(window.compare_runner.sig_finished)
+    _wait(window.engine.sig_loaded)  # the built-in model back in place
+    _settle(500)
+    window.grab().save(str(out / "compare.png"))
+    print(f"wrote {out / 'compare.png'}")
+
+
 def main(out_dir: str = "docs") -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     home = tempfile.mkdtemp(prefix="workbench-shots-")
@@ -130,6 +152,7 @@ def main(out_dir: str = "docs") -> int:
     window.grab().save(str(out / "hardware.png"))
     print(f"wrote {out / 'hardware.png'}")
 
+    _shoot_compare(window, out)
     _shoot_models(window, out)
     window.close()
     store.close()

@@ -191,7 +191,7 @@ class ChatPage(QWidget):
     def send(self, text: str | None = None) -> bool:
         """Send the composer's text (or `text`). Returns False if nothing was sent."""
         text = (self.composer.toPlainText() if text is None else text).strip()
-        if not text or self.active is not None:
+        if not text or self.active is not None or not self._engine_free():
             return False
         # "busy" right after Stop: the engine is closing the old reply and queues this one.
         if self.engine.state not in ("ready", "busy"):
@@ -259,7 +259,7 @@ class ChatPage(QWidget):
         self._finish(active, "stopped", {"reason": "cancelled"})
 
     def regenerate(self, message_id: int) -> None:
-        if self.active is not None or not self.engine.ready:
+        if self.active is not None or not self.engine.ready or not self._engine_free():
             return
         message = self.store.get_message(message_id)
         self.store.delete_messages_from(message_id)
@@ -388,6 +388,16 @@ class ChatPage(QWidget):
             notify.dismiss("engine-not-ready")
 
     # ------------------------------------------------------------ helpers
+
+    def _engine_free(self) -> bool:
+        """False (and says why) while another page drives the engine."""
+        if self.engine.owner is None:
+            return True
+        notify.warning("The model is busy",
+                       f"The {self.engine.owner} view is using the model right now.",
+                       "Wait for it to finish, or press Stop there; your message is kept.",
+                       key="engine-not-ready")
+        return False
 
     def _finish(self, active: ActiveReply, status: str, stats: dict,
                 text: str | None = None) -> None:

@@ -9,7 +9,6 @@ from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -28,6 +27,7 @@ from workbench.engine.protocol import ModelInfo, Sampling
 from workbench.engine.templates import template_names
 from workbench.models.builtin import display_name
 from workbench.settings import ModelSettings
+from workbench.ui.chat.knob_widgets import knob_value, make_knob_widget, set_knob_value
 
 
 def parse_stop_strings(text: str) -> tuple[str, ...]:
@@ -195,21 +195,7 @@ class SettingsPanel(QScrollArea):
 
         self.knob_widgets: dict[str, QWidget] = {}
         for knob in KNOBS:
-            if knob.kind == "choice":
-                widget: QWidget = QComboBox()
-                widget.addItems(list(knob.choices))
-                widget.currentIndexChanged.connect(self._on_knob_changed)
-            elif knob.kind == "int":
-                widget = QSpinBox(minimum=int(knob.minimum), maximum=int(knob.maximum),
-                                  singleStep=int(knob.step))
-                widget.valueChanged.connect(self._on_knob_changed)
-            else:
-                widget = QDoubleSpinBox(minimum=knob.minimum, maximum=knob.maximum,
-                                        singleStep=knob.step, decimals=knob.decimals)
-                widget.valueChanged.connect(self._on_knob_changed)
-            widget.setToolTip(knob.tooltip)
-            widget.setObjectName(f"knob-{knob.key}")
-            widget.setProperty("concept", knob.concept)
+            widget = make_knob_widget(knob, self._on_knob_changed)
             widget.installEventFilter(self)
             self.knob_widgets[knob.key] = widget
             form.addRow(knob.label, widget)
@@ -264,11 +250,7 @@ class SettingsPanel(QScrollArea):
     def set_sampling(self, sampling: Sampling) -> None:
         self._updating = True
         for key, widget in self.knob_widgets.items():
-            value = getattr(sampling, key)
-            if isinstance(widget, QComboBox):
-                widget.setCurrentIndex(int(value))
-            else:
-                widget.setValue(value)
+            set_knob_value(widget, getattr(sampling, key))
         self.fixed_seed.setChecked(sampling.seed is not None)
         self.seed.setEnabled(sampling.seed is not None)
         self.seed.setValue(sampling.seed or 0)
@@ -286,10 +268,7 @@ class SettingsPanel(QScrollArea):
         self.preset.setCurrentText("Custom")
 
     def _read_widgets(self) -> Sampling:
-        values: dict = {}
-        for key, widget in self.knob_widgets.items():
-            values[key] = widget.currentIndex() if isinstance(widget, QComboBox) else \
-                widget.value()
+        values: dict = {key: knob_value(w) for key, w in self.knob_widgets.items()}
         values["seed"] = self.seed.value() if self.fixed_seed.isChecked() else None
         values["stop"] = parse_stop_strings(self.stop_strings.toPlainText())
         return replace(self._sampling, **values)

@@ -76,6 +76,8 @@ class LibraryPage(QWidget):
     """Load this model file."""
     sig_folders_changed = Signal(list)
     """The user's extra model folders changed (list of str)."""
+    sig_models_changed = Signal(list)
+    """A scan finished: the LocalModels found, built-in first."""
 
     def __init__(self, folders: list[str], app_models_dir: Path,
                  snapshot: Callable[[], HardwareSnapshot | None] = lambda: None,
@@ -131,6 +133,7 @@ class LibraryPage(QWidget):
     def show_models(self, found: list[tuple[LocalModel, str]]) -> None:
         self.models = [m for m, _ in found]
         self.fit = [label for _, label in found]
+        self.sig_models_changed.emit(list(self.models))
         models = self.models
         self.table.setRowCount(len(models))
         for row, m in enumerate(models):
