@@ -179,6 +179,11 @@ class ComparePage(QWidget):
         text = ("<b>A and B differ in:</b> " + html.escape("; ".join(found)) if found else
                 "<b>A and B are the same</b>: with one seed they should give the same reply "
                 "— a determinism check.")
+        if self.axis_key() != "sampling":
+            s = setup.a.sampling
+            text += (f"<br>Both use the chat's sampling settings (temperature "
+                     f"{s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, min-p "
+                     f"{s.min_p:g}) and seed {setup.seed}.")
         self.differences.setText(text)
 
     # ------------------------------------------------------------ running

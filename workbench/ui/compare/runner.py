@@ -53,6 +53,7 @@ class CompareRunner(QObject):
         self._chat_id: int | None = None
         self._loading = False
         self._applying = False
+        self._restoring = False  # loading the user's model back after a run
         self._stopping = False
         engine.sig_loaded.connect(self._on_engine_loaded)
         engine.sig_load_failed.connect(self._on_engine_load_failed)
@@ -145,6 +146,7 @@ class CompareRunner(QObject):
                 and self.engine.state != "loading"):
             # The Adapters page applies its adapters again once the model is back.
             self.sig_step.emit(f"Loading {Path(original.model_path).name} back…")
+            self._restoring = True
             self.engine.load(original)
         elif self.engine.adapters != self._original_adapters and self.engine.model:
             self.sig_step.emit("Putting your adapters back…")
@@ -155,7 +157,10 @@ class CompareRunner(QObject):
 
     # ------------------------------------------------------------ engine events
 
-    def _on_engine_loaded(self, _info: ModelInfo) -> None:
+    def _on_engine_loaded(self, info: ModelInfo) -> None:
+        if self._restoring:
+            self._restoring = False
+            self.sig_step.emit(f"Done; {Path(info.path).name} is loaded again.")
         if not self._loading:
             return
         self._loading = False
