@@ -1,8 +1,9 @@
 """LoRA adapters applied live in the engine: real llama.cpp, real adapter files.
 
 The adapters are small random LoRAs written here with the gguf package (tests/engine/
-lora_files.py) against the built-in model's own tensor shapes. The header checks are also
-tested on their own, without a process.
+lora_files.py) against the built-in model's own tensor shapes. The header checks are
+workbench.lora.gguf_lora's (tests/lora/test_gguf_lora.py); AdapterSlots' own refusals are
+also tested here without a process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.engine.lora_files import base_shapes, every_block, write_lora
-from workbench.engine.adapters import AdapterRefused, check_adapter, read_adapter_header
+from workbench.engine.adapters import WRONG_MODEL_HINT, AdapterSlots
 from workbench.engine.blocking import BlockingEngine, EngineFailure
 from workbench.engine.protocol import (
     AdapterSetting,
@@ -31,6 +32,8 @@ from workbench.engine.protocol import (
     ModelInfo,
     Sampling,
 )
+from workbench.lora.gguf_lora import AdapterError
+from workbench.models.gguf import read_header
 
 ENGINE = pytest.mark.engine
 ASK = [ChatMessage("user", "Name a fruit you like.")]
@@ -288,9 +291,9 @@ def test_a_rewritten_adapter_file_is_read_again(engine: BlockingEngine, loras: L
 
 # What each unfit file's refusal says.
 REFUSALS = {
-    "wrong_arch": "made for architecture 'qwen2'; the loaded model is 'llama'",
-    "wrong_shape": "blk.3.attn_k.weight as a 576×576 weight, but in the loaded model it is "
-                   "576×192",
+    "wrong_arch": "The adapter is for the qwen2 architecture, but the model is llama.",
+    "wrong_shape": "blk.3.attn_k.weight has shape [576, 192] in the model, but the adapter "
+                   "changes a [576, 576] matrix",
     "model": "is a model, not a LoRA adapter",
     "truncated": "truncated",
     "corrupt": "corrupt.gguf",
@@ -340,79 +343,54 @@ def test_adapters_need_a_model_and_go_with_it(builtin_model: Path, loras: Loras)
         assert gap(logits(blocking), base) > 0.1
 
 
-# ---------------------------------------------------------------- header checks alone
+# ---------------------------------------------------------------- without a process
 
 
-def refusal(path: Path, shapes: dict[str, tuple[int, ...]] | None,
-            arch: str = "llama") -> str:
-    with pytest.raises(AdapterRefused) as refused:
-        check_adapter(read_adapter_header(path), arch, shapes)
-    return refused.value.message
+def _slots(builtin_model: Path, model_path: Path | None = None,
+           **metadata: object) -> AdapterSlots:
+    """Slots for the built-in model with no llama.cpp behind them: only refusals that come
+    before llama.cpp is asked can be tested so."""
+    header = read_header(builtin_model)
+    header.metadata.update(metadata)
+    return AdapterSlots(None, str(model_path or builtin_model), header)
 
 
-def test_a_fitting_adapter_passes(tmp_path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
-    path = write_lora(tmp_path / "a.gguf", every_block(shapes, "attn_v"), rank=4)
-    check_adapter(read_adapter_header(path), "llama", shapes)
-    check_adapter(read_adapter_header(path), "llama", None)  # shapes unknown: not checked
+def test_bad_requests_are_refused_before_llama_cpp(builtin_model: Path, loras: Loras) -> None:
+    slots = _slots(builtin_model)
+    with pytest.raises(AdapterError, match="not a number"):
+        slots.apply([AdapterSetting(str(loras.q), math.nan)])
+    twice = [AdapterSetting(str(loras.q), 1.0),
+             AdapterSetting(f"{loras.q.parent}/./{loras.q.name}", 0.5)]
+    with pytest.raises(AdapterError, match="twice"):
+        slots.apply(twice)
+    # Nothing applies: the same (empty) set as now, so nothing to do.
+    assert slots.apply([AdapterSetting(str(loras.q), 0.0),
+                        AdapterSetting(str(loras.up), 1.0, enabled=False)]) is False
 
 
-def test_token_embd_is_checked_transposed(tmp_path: Path,
-                                          shapes: dict[str, tuple[int, ...]]) -> None:
-    n_embd, n_vocab = shapes["token_embd.weight"]
-    path = tmp_path / "embd.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    # As llama.cpp wants it: A [r, n_vocab], B [r, n_embd] in GGUF order.
-    writer.add_tensor("token_embd.weight.lora_a", np.zeros((n_vocab, 4), np.float32))
-    writer.add_tensor("token_embd.weight.lora_b", np.zeros((n_embd, 4), np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    check_adapter(read_adapter_header(path), "llama", shapes)
-    wrong = dict(shapes, **{"token_embd.weight": (n_embd, n_vocab + 1)})
-    assert "token_embd.weight" in refusal(path, wrong)
+def test_unfit_adapters_are_refused_with_every_fatal_problem(builtin_model: Path,
+                                                             loras: Loras) -> None:
+    slots = _slots(builtin_model)
+    with pytest.raises(AdapterError) as refused:
+        slots.apply([AdapterSetting(str(loras.wrong_shape), 1.0)])
+    assert refused.value.message == (
+        "blk.3.attn_k.weight has shape [576, 192] in the model, but the adapter changes a "
+        "[576, 576] matrix.")
+    assert refused.value.hint == WRONG_MODEL_HINT
+    with pytest.raises(AdapterError, match="does not exist"):
+        slots.apply([AdapterSetting(str(loras.missing), 1.0)])
 
 
-def test_damaged_pairs_and_strangers_are_refused(tmp_path: Path,
-                                                 shapes: dict[str, tuple[int, ...]]) -> None:
-    def write(name: str, tensors: dict[str, np.ndarray]) -> Path:
-        path = tmp_path / name
-        writer = gguf.GGUFWriter(str(path), "llama")
-        writer.add_string("general.type", "adapter")
-        writer.add_string("adapter.type", "lora")
-        for tname, data in tensors.items():
-            writer.add_tensor(tname, data)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return path
-
-    a = np.zeros((4, 576), np.float32)
-    b = np.zeros((576, 4), np.float32)
-    q = "blk.0.attn_q.weight"
-    assert "lacks blk.0.attn_q.weight.lora_b" in refusal(write("half.gguf", {f"{q}.lora_a": a}),
-                                                         shapes)
-    assert "not a LoRA weight" in refusal(write("odd.gguf", {q: b}), shapes)
-    assert "no LoRA weights" in refusal(write("empty.gguf", {}), shapes)
-    assert "does not have" in refusal(
-        write("absent.gguf", {"blk.99.attn_q.weight.lora_a": a,
-                              "blk.99.attn_q.weight.lora_b": b}), shapes)
-    assert "different rank" in refusal(
-        write("rank.gguf", {f"{q}.lora_a": a, f"{q}.lora_b": np.zeros((576, 5), np.float32)}),
-        shapes)
-    # A norm vector next to the pairs is ignored, as llama.cpp does.
-    check_adapter(read_adapter_header(write("norm.gguf", {
-        f"{q}.lora_a": a, f"{q}.lora_b": b,
-        "blk.0.attn_norm.weight": np.ones(576, np.float32)})), "llama", shapes)
-
-
-def test_other_adapter_kinds_are_refused(tmp_path: Path,
-                                         shapes: dict[str, tuple[int, ...]]) -> None:
-    targets = every_block(shapes, "attn_q")
-    cvec = write_lora(tmp_path / "c.gguf", targets, adapter_type="control_vector")
-    assert "'control_vector' adapter" in refusal(cvec, shapes)
-    odd = write_lora(tmp_path / "m.gguf", targets, general_type="mmproj")
-    assert "general.type is 'mmproj'" in refusal(odd, shapes)
+def test_a_split_model_is_checked_against_all_its_parts(builtin_model: Path, loras: Loras,
+                                                        tmp_path: Path) -> None:
+    # A split model's first part lists only its own tensors; AdapterSlots reads all parts
+    # when an adapter first needs them. Here they cannot be read (the "parts" are gone):
+    # the metadata is still checked, the tensors are left to llama.cpp.
+    gone = _slots(builtin_model, tmp_path / "gone-00001-of-00002.gguf", **{"split.count": 2})
+    gone._check(str(loras.wrong_shape))  # llama.cpp would refuse it
+    with pytest.raises(AdapterError, match="qwen2 architecture"):
+        gone._check(str(loras.wrong_arch))
+    # Readable "parts" (here the one-file model itself) give every tensor.
+    whole = _slots(builtin_model, **{"split.count": 2})
+    with pytest.raises(AdapterError, match=r"\[576, 192\]"):
+        whole._check(str(loras.wrong_shape))

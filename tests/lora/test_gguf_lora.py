@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ from workbench.lora.gguf_lora import (
     friendly_target,
     read_adapter,
 )
-from workbench.models.gguf import GGUFHeader
+from workbench.models.gguf import GGUFHeader, TensorInfo
 
 
 def _pair(n_in: int, n_out: int, rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +107,49 @@ def test_peft_folder_given_instead(tmp_path: Path) -> None:
 
 
 def test_a_model_is_not_an_adapter(builtin_model: Path) -> None:
-    with pytest.raises(AdapterError, match=r"not a LoRA adapter.*'model'") as err:
+    with pytest.raises(AdapterError, match=r"is a model, not a LoRA adapter.*'model'") as err:
         read_adapter(builtin_model)
     assert "model itself is chosen separately" in err.value.hint
+
+
+def test_an_old_model_without_general_type_is_named_a_model(tmp_path: Path) -> None:
+    path = tmp_path / "old-model.gguf"
+    writer = gguf.GGUFWriter(path, "llama")  # no general.type, plain weights
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(AdapterError, match="is a model, not a LoRA adapter"):
+        read_adapter(path)
+
+
+def test_another_kind_of_gguf_is_not_an_adapter(tmp_path: Path) -> None:
+    path = _adapter(tmp_path / "m.gguf", {"blk.0.attn_q.weight": (576, 576)},
+                    general_type="mmproj")
+    with pytest.raises(AdapterError, match=r"general\.type is 'mmproj'") as err:
+        read_adapter(path)
+    assert err.value.hint
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    gone = tmp_path / "gone.gguf"
+    with pytest.raises(AdapterError, match="does not exist") as err:
+        read_adapter(gone)
+    assert str(gone) in err.value.message and "moved or deleted" in err.value.hint
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_not_a_regular_file(tmp_path: Path) -> None:
+    pipe = tmp_path / "pipe.gguf"
+    os.mkfifo(pipe)  # opening it to read the magic would block
+    with pytest.raises(AdapterError, match="is not a file"):
+        read_adapter(pipe)
+
+
+def test_no_lora_tensors(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="contains no LoRA tensors"):
+        read_adapter(write_adapter_gguf(tmp_path / "empty.gguf", {}))
 
 
 def test_an_adapter_that_is_not_a_lora(tmp_path: Path) -> None:
@@ -214,6 +256,51 @@ def test_token_embd_lora_uses_llama_cpp_flipped_layout(tmp_path: Path,
     info = read_adapter(write_adapter_gguf(tmp_path / "emb.gguf", tensors))
     assert info.rank == 2 and info.target_modules == ("token_embd",)
     assert check_compatible(info, base_header) == []
+    # One more token in the model: checked flipped, so the n_vocab side does not fit.
+    bigger = [TensorInfo(t.name, (576, 49153), t.type_id, t.offset)
+              if t.name == "token_embd.weight" else t for t in base_header.tensors]
+    problems = check_compatible(info, dataclasses.replace(base_header, tensors=bigger))
+    assert len(problems) == 1 and problems[0].fatal
+    assert "[576, 49153]" in problems[0].text and "[576, 49152]" in problems[0].text
+
+
+def test_token_embd_is_known_by_the_end_of_its_name(tmp_path: Path,
+                                                    base_header: GGUFHeader) -> None:
+    # llama.cpp flips A and B for any tensor whose name ends in token_embd.weight.
+    tensors = {"enc.token_embd.weight.lora_a": np.ones((100, 2), np.float32),
+               "enc.token_embd.weight.lora_b": np.ones((8, 2), np.float32)}
+    info = read_adapter(write_adapter_gguf(tmp_path / "enc.gguf", tensors))
+    base = dataclasses.replace(base_header, tensors=[
+        TensorInfo("enc.token_embd.weight", (8, 100), 0, 0)])
+    assert check_compatible(info, base) == []
+
+
+def test_moe_factors_with_an_expert_dimension(tmp_path: Path,
+                                              base_header: GGUFHeader) -> None:
+    # convert_lora_to_gguf stacks the experts' factors: a ne [n_in, r, n_expert],
+    # b ne [r, n_out, n_expert]; llama.cpp compares ne[0] and ne[1] only.
+    tensors = {"blk.0.ffn_up_exps.weight.lora_a": np.ones((4, 2, 576), np.float32),
+               "blk.0.ffn_up_exps.weight.lora_b": np.ones((4, 1536, 2), np.float32)}
+    info = read_adapter(write_adapter_gguf(tmp_path / "moe.gguf", tensors))
+    assert info.rank == 2 and info.n_params == 4 * 2 * (576 + 1536)
+    base = dataclasses.replace(base_header, tensors=[
+        TensorInfo("blk.0.ffn_up_exps.weight", (576, 1536, 4), 0, 0)])
+    assert check_compatible(info, base) == []
+    flat = {"blk.0.attn_q.weight.lora_a": np.ones(576, np.float32),
+            "blk.0.attn_q.weight.lora_b": np.ones(576, np.float32)}
+    with pytest.raises(AdapterError, match="not matrices"):
+        read_adapter(write_adapter_gguf(tmp_path / "flat.gguf", flat))
+
+
+def test_without_the_tensor_table_only_metadata_is_checked(tmp_path: Path,
+                                                           base_header: GGUFHeader) -> None:
+    # The first part of a split model whose other parts cannot be read.
+    deep = read_adapter(_adapter(tmp_path / "deep.gguf", {"blk.40.attn_q.weight": (576, 576)}))
+    assert check_compatible(deep, base_header, tensors=False) == []
+    assert check_compatible(deep, base_header)[0].fatal
+    qwen = read_adapter(_adapter(tmp_path / "q.gguf", {"blk.0.attn_q.weight": (576, 576)},
+                                 arch="qwen2"))
+    assert check_compatible(qwen, base_header, tensors=False)[0].fatal
 
 
 def test_a_base_that_is_an_adapter(converted: Path, tmp_path: Path) -> None:

@@ -10,20 +10,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import math
 import os
 import queue
 import random
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from workbench.engine import distribution, wire
-from workbench.engine.adapters import AdapterRefused, check_adapter, read_adapter_header
+from workbench.engine.adapters import AdapterSlots
 from workbench.engine.generation import Generation, TokenText
 from workbench.engine.perplexity import score_text
 from workbench.engine.protocol import (
@@ -47,24 +44,10 @@ from workbench.engine.templates import (
     render_prompt,
     resolve_template,
 )
+from workbench.lora.gguf_lora import AdapterError
 from workbench.models.gguf import GGUFError, read_header
-from workbench.models.split import read_model_header
 
 _KV_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
-
-
-@dataclass(frozen=True)
-class _Adapter:
-    """A LoRA adapter llama.cpp has read for the loaded model (the model owns and frees it)."""
-
-    ptr: Any  # llama_adapter_lora * (ctypes)
-    mtime_ns: int  # of the file when read: a changed file is read again
-    size: int
-
-
-def _address(ptr: Any) -> int:
-    """The address a ctypes pointer holds (pointer objects themselves do not compare)."""
-    return ctypes.cast(ptr, ctypes.c_void_p).value or 0
 
 
 def default_threads() -> int:
@@ -92,11 +75,8 @@ class Worker:
         self.bos_text = ""
         self.eos_text = ""
         self.add_bos = False
-        # LoRA adapters read for the loaded model, by resolved path, and those applied now
-        # as (key, scale, adapter address). Both belong to the model and go with it.
-        self.adapters: dict[str, _Adapter] = {}
-        self.active_adapters: tuple[tuple[str, float, int], ...] = ()
-        self._base_shapes: dict[str, tuple[int, ...]] | None = None
+        # LoRA adapters read for the loaded model and those applied now; they go with it.
+        self.adapters: AdapterSlots | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -151,9 +131,7 @@ class Worker:
     def unload_model(self) -> None:
         # Freeing the model frees its adapters (llama_model's destructor deletes the ones
         # still registered with it): forget the pointers, never free them again.
-        self.adapters.clear()
-        self.active_adapters = ()
-        self._base_shapes = None
+        self.adapters = None
         if self.llm is not None:
             with contextlib.suppress(Exception):
                 self.llm.close()
@@ -206,10 +184,9 @@ class Worker:
                                   "Choose a chat format in the model settings."))
             return
         self.llm, self.spec, self.template = llm, spec, template
-        # Adapter checks need the model's tensor shapes: this header has them all, unless
-        # the model is split (then its parts are read when an adapter first needs them).
-        if header.metadata.get("split.count", 1) in (0, 1):
-            self._base_shapes = {t.name: t.shape for t in header.tensors}
+        # Adapters are checked against this header (all parts, for a split model, once one
+        # is needed).
+        self.adapters = AdapterSlots(llm, spec.model_path, header)
         self.bos_text = self._token_text(llm, llm.token_bos())
         self.eos_text = self._token_text(llm, llm.token_eos())
         self.add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")) == "true"
@@ -412,113 +389,20 @@ class Worker:
     # ------------------------------------------------------------ LoRA adapters
 
     def on_set_adapters(self, req: wire.SetAdaptersRequest) -> None:
-        llm = self.llm
-        if llm is None:
+        if self.llm is None or self.adapters is None:
             self.send(EngineError(req.request_id, "not_loaded", "No model is loaded.",
                                   "Load a model first, then apply adapters."))
             return
-        wanted = [a for a in req.adapters if a.applies]
-        for a in wanted:
-            if not math.isfinite(a.scale):
-                self.send(EngineError(req.request_id, "adapter",
-                                      f"The scale of {Path(a.path).name} is not a number.",
-                                      "Set a scale between -2 and 2."))
-                return
-        keys = [self._adapter_key(a.path) for a in wanted]
-        if len(set(keys)) < len(keys):
-            # llama.cpp keeps one scale per adapter; two would silently become one.
-            self.send(EngineError(req.request_id, "adapter",
-                                  "The same adapter file is in the list twice.",
-                                  "Keep it once, with the scale you want."))
-            return
-        stale: list[Any] = []
         try:
-            ptrs = [self._read_adapter(a.path, key, stale) for a, key in zip(wanted, keys,
-                                                                             strict=True)]
-        except AdapterRefused as exc:
+            changed = self.adapters.apply(req.adapters)
+        except AdapterError as exc:
             self.send(EngineError(req.request_id, "adapter", exc.message, exc.hint))
             return
-        applied = tuple((key, float(ctypes.c_float(a.scale).value), _address(ptr))
-                        for a, key, ptr in zip(wanted, keys, ptrs, strict=True))
-        # The same set is a no-op: keep the KV cache (llama.cpp compares as a set too).
-        if sorted(applied) != sorted(self.active_adapters):
-            import llama_cpp
-
-            n = len(ptrs)
-            status = llama_cpp.llama_set_adapters_lora(
-                llm._ctx.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * n)(*ptrs), n,
-                (ctypes.c_float * n)(*(scale for _, scale, _ in applied)))
-            if status != 0:
-                self.send(EngineError(req.request_id, "adapter",
-                                      f"llama.cpp could not apply the adapters (error {status}).",
-                                      "Try fewer adapters at once."))
-                return
-            self.active_adapters = applied
+        if changed:
             # Every logit changes with the adapters, so nothing cached holds: the next
             # chat, distribution or perplexity evaluates its prompt from scratch.
             self._forget_kv_cache()
-        # Adapters dropped from the list (not merely disabled) and replaced ones are freed,
-        # now that the context no longer points at them.
-        listed = {self._adapter_key(a.path) for a in req.adapters}
-        active = {key for key, _, _ in self.active_adapters}
-        for key in [k for k in self.adapters if k not in listed and k not in active]:
-            stale.append(self.adapters.pop(key).ptr)
-        self._free_adapters(stale)
-        self.send(AdaptersSet(req.request_id, tuple(wanted)))
-
-    @staticmethod
-    def _adapter_key(path: str) -> str:
-        return str(Path(path).expanduser().resolve())
-
-    def _read_adapter(self, path: str, key: str, stale: list[Any]) -> Any:
-        """The adapter at `path` read for the loaded model: from the cache while its file is
-        unchanged, else checked and read by llama.cpp. Raises AdapterRefused."""
-        try:
-            st = os.stat(key)
-        except OSError:
-            st = None
-        cached = self.adapters.get(key)
-        # A file deleted since it was read is still in memory: a new scale needs no file.
-        if cached is not None and (st is None or
-                                   (cached.mtime_ns, cached.size) == (st.st_mtime_ns,
-                                                                      st.st_size)):
-            return cached.ptr
-        header = read_adapter_header(path)
-        arch = str(self.llm.metadata.get("general.architecture", ""))
-        check_adapter(header, arch, self._model_shapes())
-        import llama_cpp
-
-        ptr = llama_cpp.llama_adapter_lora_init(self.llm._model.model, key.encode())
-        if not ptr:  # a NULL pointer: llama.cpp logged why and freed what it had
-            raise AdapterRefused(
-                f"llama.cpp could not read the adapter {path}.",
-                "The file may be damaged or made for a newer llama.cpp.")
-        if cached is not None and any(k == key for k, _, _ in self.active_adapters):
-            stale.append(cached.ptr)  # still applied: freed once the new set replaces it
-        elif cached is not None:
-            self._free_adapters([cached.ptr])
-        st = st or os.stat(key)  # None only if the file appeared since: read it now
-        self.adapters[key] = _Adapter(ptr, st.st_mtime_ns, st.st_size)
-        return ptr
-
-    def _model_shapes(self) -> dict[str, tuple[int, ...]] | None:
-        """The loaded model's tensor shapes (all parts of a split model), read once."""
-        if self._base_shapes is None and self.spec is not None:
-            try:
-                header = read_model_header(self.spec.model_path)
-            except GGUFError:
-                return None  # llama.cpp checks the shapes too
-            self._base_shapes = {t.name: t.shape for t in header.tensors}
-        return self._base_shapes
-
-    @staticmethod
-    def _free_adapters(ptrs: list[Any]) -> None:
-        """Free adapters no context uses any more. In this llama.cpp, llama_adapter_lora_free
-        also unregisters the adapter from its model, so the model will not free it again."""
-        import llama_cpp
-
-        for ptr in ptrs:
-            llama_cpp.llama_adapter_lora_free(ptr)
+        self.send(AdaptersSet(req.request_id, tuple(a for a in req.adapters if a.applies)))
 
     def _forget_kv_cache(self) -> None:
         """Empty the KV cache and llama-cpp-python's record of it, as perplexity does."""

@@ -10,7 +10,8 @@ For a base weight with GGUF dims ne = [n_in, n_out] it requires
 
 ("model_tensor->ne[0] != w.a->ne[0] || model_tensor->ne[1] != w.b->ne[1]" and
 "w.a->ne[1] != w.b->ne[0]" are its refusals). token_embd is the exception: its A and B
-are flipped (model ne[0] == b.ne[1], model ne[1] == a.ne[1]).
+are flipped (model ne[0] == b.ne[1], model ne[1] == a.ne[1]). Only ne[0] and ne[1] are
+compared: a MoE adapter's factors for stacked experts carry a third dimension.
 
 Applied, a LoRA changes a layer's output to  h = W·x + s·(α/r)·B·A·x, with s the strength
 the user picks, α = adapter.lora.alpha and r = lora_b.ne[0] of that tensor (llama.cpp's
@@ -42,6 +43,12 @@ _IGNORED_SUFFIX = "_norm.weight"
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+?)(?:\.weight)?$")
 # The old llama.cpp LoRA format ("finetune" example), no longer loadable.
 _GGLA_MAGIC = b"algg"
+# llama.cpp flips A and B for a tensor whose name ends so (str_endswith in llama-adapter.cpp).
+_TOKEN_EMBD = "token_embd.weight"
+
+
+def _is_token_embd(base_name: str) -> bool:
+    return base_name.endswith(_TOKEN_EMBD)
 
 
 class AdapterError(Exception):
@@ -127,6 +134,10 @@ def _block_of(base_name: str) -> int | None:
 
 
 def _read_gguf_header(path: Path) -> GGUFHeader:
+    if not path.exists():
+        # Full path: the file was chosen earlier (a saved list), so its folder matters.
+        raise AdapterError(f"The adapter file {path} does not exist.",
+                           "It may have been moved or deleted. Choose the file again.")
     if path.is_dir():
         if (path / "adapter_config.json").exists():
             raise AdapterError(
@@ -134,6 +145,8 @@ def _read_gguf_header(path: Path) -> GGUFHeader:
                 "Import it first: it is converted to a .gguf adapter for your base model.")
         raise AdapterError(f"{path} is a folder, not an adapter file.",
                            "Choose the adapter's .gguf file.")
+    if not path.is_file():
+        raise AdapterError(f"{path} is not a file.", "Choose the adapter's .gguf file.")
     try:
         with path.open("rb") as fh:
             magic = fh.read(4)
@@ -159,6 +172,12 @@ def _check_metadata(path: Path, header: GGUFHeader) -> tuple[str, float]:
     """(architecture, alpha), refusing what llama.cpp would refuse or crash on."""
     meta = header.metadata
     general_type = meta.get(KEY_TYPE)
+    if general_type == "model" or (general_type is None and _looks_like_model(header)):
+        # The usual mistake: the base model picked where its adapter belongs.
+        why = (f"general.type is {general_type!r}" if general_type is not None
+               else "it has plain weights and no general.type")
+        raise AdapterError(f"{path.name} is a model, not a LoRA adapter ({why}).",
+                           "Choose the adapter file; the model itself is chosen separately.")
     if general_type != "adapter":
         what = f"a {general_type}" if isinstance(general_type, str) else "not marked as an adapter"
         raise AdapterError(
@@ -183,6 +202,12 @@ def _check_metadata(path: Path, header: GGUFHeader) -> tuple[str, float]:
             "(it needs a 32-bit float).",
             "Convert the adapter again with a current converter.")
     return arch, alpha
+
+
+def _looks_like_model(header: GGUFHeader) -> bool:
+    """An older GGUF without general.type: a model has plain weights, an adapter none."""
+    return any(t.name.endswith(".weight") and not t.name.endswith(_IGNORED_SUFFIX)
+               for t in header.tensors)
 
 
 def _alpha_is_float32(path: Path) -> bool:
@@ -228,13 +253,16 @@ def _pair_tensors(path: Path, tensors: list[TensorInfo]) -> tuple[list[LoraPair]
             raise AdapterError(
                 f"{path.name} has {base}.{have} without {base}.{lack}.",
                 "The adapter is incomplete or damaged; convert or download it again.")
-        if len(a.shape) != 2 or len(b.shape) != 2:
+        # Two dimensions at least; a MoE adapter stacks its experts' factors in a third.
+        if len(a.shape) < 2 or len(b.shape) < 2:
             raise AdapterError(
                 f"{path.name}: the LoRA tensors of {base} are not matrices "
                 f"(lora_a {list(a.shape)}, lora_b {list(b.shape)}).",
                 "Convert the adapter again.")
-        # The two factors must agree on r: a.ne[1] == b.ne[0] (token_embd: a.ne[0]).
-        a_rank = a.shape[0] if base.startswith("token_embd.") else a.shape[1]
+        # The two factors must agree on r: a.ne[1] == b.ne[0]. For token_embd llama.cpp does
+        # not check a.ne[0] == b.ne[0], but its graph asserts it (ggml_mul_mat) and would
+        # abort the process.
+        a_rank = a.shape[0] if _is_token_embd(base) else a.shape[1]
         if a_rank != b.shape[0]:
             raise AdapterError(
                 f"{path.name}: lora_a and lora_b of {base} disagree on the rank "
@@ -305,9 +333,15 @@ def _base_names(base: GGUFHeader) -> list[str]:
     return [n for n in names if isinstance(n, str) and n.strip()]
 
 
-def check_compatible(info: AdapterInfo, base: GGUFHeader) -> list[Problem]:
+def check_compatible(info: AdapterInfo, base: GGUFHeader, *,
+                     tensors: bool = True) -> list[Problem]:
     """Problems applying `info` to the model `base` (empty: it fits). Mirrors the checks
-    llama.cpp makes when it loads the adapter; a name mismatch is only a soft problem."""
+    llama.cpp makes when it loads the adapter; a name mismatch is only a soft problem.
+
+    tensors=False: `base` does not list all of the model's tensors (the first part of a
+    split model whose other parts cannot be read), so only its metadata is checked;
+    llama.cpp still checks the tensors when it reads the adapter.
+    """
     problems: list[Problem] = []
     if base.metadata.get(KEY_TYPE) == "adapter":
         return [Problem(f"{base.path.name} is itself an adapter, not a model to adapt.")]
@@ -316,6 +350,22 @@ def check_compatible(info: AdapterInfo, base: GGUFHeader) -> list[Problem]:
             f"The adapter is for the {info.architecture} architecture, but the model is "
             f"{base.architecture}."))
         return problems  # tensor names mean different things across architectures
+    if tensors:
+        problems += _tensor_problems(info, base)
+    names = _base_names(base)
+    if info.base_model_name and names:
+        wanted = _normalized(info.base_model_name)
+        if all(_normalized(n) != wanted for n in names):
+            problems.append(Problem(
+                f"The adapter was made for “{info.base_model_name}”; this model is "
+                f"“{names[0]}”. If they are the same model under different names, "
+                "this is fine.", fatal=False))
+    return problems
+
+
+def _tensor_problems(info: AdapterInfo, base: GGUFHeader) -> list[Problem]:
+    """Adapted tensors the model lacks, or has in another shape."""
+    problems: list[Problem] = []
     by_name = {t.name: t for t in base.tensors}
     missing: list[str] = []
     for pair in info.tensors:
@@ -327,7 +377,7 @@ def check_compatible(info: AdapterInfo, base: GGUFHeader) -> list[Problem]:
             problems.append(Problem(f"{pair.base_name} in the model is not a matrix."))
             continue
         a, b = pair.lora_a_shape, pair.lora_b_shape
-        if pair.base_name.startswith("token_embd."):
+        if _is_token_embd(pair.base_name):
             fits = weight.shape[0] == b[1] and weight.shape[1] == a[1]
         else:
             fits = weight.shape[0] == a[0] and weight.shape[1] == b[1]
@@ -341,19 +391,11 @@ def check_compatible(info: AdapterInfo, base: GGUFHeader) -> list[Problem]:
         problems.append(Problem(
             f"The model has no tensor {shown}: the adapter was made for a different model "
             "(more layers or other modules)."))
-    names = _base_names(base)
-    if info.base_model_name and names:
-        wanted = _normalized(info.base_model_name)
-        if all(_normalized(n) != wanted for n in names):
-            problems.append(Problem(
-                f"The adapter was made for “{info.base_model_name}”; this model is "
-                f"“{names[0]}”. If they are the same model under different names, "
-                "this is fine.", fatal=False))
     return problems
 
 
 def _adapted_shape(pair: LoraPair) -> list[int]:
     a, b = pair.lora_a_shape, pair.lora_b_shape
-    if pair.base_name.startswith("token_embd."):
+    if _is_token_embd(pair.base_name):
         return [b[1], a[1]]
     return [a[0], b[1]]
