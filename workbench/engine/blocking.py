@@ -15,9 +15,11 @@ from workbench.engine.protocol import (
     ChatMessage,
     ChatStarted,
     Distribution,
+    Engine,
     EngineDied,
     EngineError,
     Event,
+    EventCallback,
     Loaded,
     LoadSpec,
     ModelInfo,
@@ -43,9 +45,11 @@ class ChatResult:
 
 
 class BlockingEngine:
-    def __init__(self) -> None:
+    def __init__(self, make_engine: Callable[[EventCallback], Engine] = LocalEngine) -> None:
+        """`make_engine` builds the engine from an event callback: LocalEngine by default,
+        or e.g. `lambda cb: RemoteEngine(cb, url)`."""
         self.events: queue.Queue[Event] = queue.Queue()
-        self.engine = LocalEngine(self.events.put)
+        self.engine = make_engine(self.events.put)
 
     def __enter__(self) -> BlockingEngine:
         return self

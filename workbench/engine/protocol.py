@@ -246,7 +246,8 @@ class EngineError:
 
     request_id: int
     # "load_failed" | "not_loaded" | "context_full" | "template" | "busy" | "unsupported"
-    # | "adapter" | "internal"
+    # | "adapter" | "internal"; from a remote server also "connection" | "timeout" | "auth"
+    # | "not_found" | "rate_limited" | "server" | "bad_request" | "protocol" (remote_http)
     kind: str
     message: str
     hint: str = ""

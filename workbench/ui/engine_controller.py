@@ -3,6 +3,8 @@ state the window can show (no model, loading, ready, busy, crashed)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PySide6.QtCore import QObject, Signal
 
 from workbench.engine.local import LocalEngine
@@ -17,6 +19,7 @@ from workbench.engine.protocol import (
     EngineDied,
     EngineError,
     Event,
+    EventCallback,
     Loaded,
     LoadSpec,
     ModelInfo,
@@ -60,11 +63,12 @@ class EngineController(QObject):
     sig_adapters_failed = Signal(object)
     """EngineError: the requested adapters could not be applied (the previous set holds)."""
 
-    def __init__(self, engine: Engine | None = None, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None,
+                 make_engine: Callable[[EventCallback], Engine] = LocalEngine) -> None:
         super().__init__(parent)
         # Events arrive on the engine's reader thread; a queued signal hops them here.
         self.sig_event.connect(self._on_engine_event)
-        self.engine = engine or LocalEngine(self.sig_event.emit)
+        self.engine = make_engine(self.sig_event.emit)
         self.state = "empty"
         self.model: ModelInfo | None = None
         self.spec: LoadSpec | None = None

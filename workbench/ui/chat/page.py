@@ -360,6 +360,11 @@ class ChatPage(QWidget):
         active = self.active
         if active is None or event.request_id != active.request_id:
             return
+        if active.text:
+            # A remote server can fail mid-reply: keep what streamed, marked interrupted.
+            self._finish(active, "interrupted", {"reason": "error", "kind": event.kind})
+            notify.error("The reply broke off", event.message, event.hint)
+            return
         self.active = None
         self._set_busy(False)
         # No reply came: remove the empty placeholder rather than keep an empty message.
