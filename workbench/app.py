@@ -3,6 +3,9 @@
     workbench                 open the window
     workbench --self-test     load the built-in model in the engine process, stream a short
                               reply, print one JSON object, exit 0 on success
+
+A frozen build also starts its own child processes through flags (--engine-worker FD,
+--probe-hardware, --measure-fit, --requantize, --train-lora): see workbench/children.py.
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ import json
 import os
 import sys
 import time
+
+from workbench.children import CHILDREN, run_child
+
+APP_ID = "org.workbench.Workbench"  # also the installers' desktop, AppStream and bundle id
 
 
 def self_test(timeout: float = 120.0) -> int:
@@ -49,7 +56,33 @@ def self_test(timeout: float = 120.0) -> int:
     return 0 if report["ok"] else 1
 
 
-def run_gui(argv: list[str]) -> int:
+def _report_startup(window: object, timeout_s: float = 120.0) -> None:
+    """For --startup-timing: print when the window was first shown and when the built-in
+    model was ready, in seconds since this process was created (so a frozen build's
+    bootloader counts), as one JSON line, then close the window."""
+    import psutil
+    from PySide6.QtCore import QTimer
+
+    born = psutil.Process().create_time()
+    report: dict = {}
+
+    def finish(ok: bool) -> None:
+        if "model_ready_s" in report or "timed_out" in report:
+            return
+        report["model_ready_s" if ok else "timed_out"] = round(time.time() - born, 3)
+        print(json.dumps(report), flush=True)
+        window.close()  # type: ignore[attr-defined]
+
+    def shown() -> None:  # the first event-loop turn after show(): the window is mapped
+        report["window_shown_s"] = round(time.time() - born, 3)
+
+    window.engine.sig_loaded.connect(lambda _info: finish(True))  # type: ignore[attr-defined]
+    window.engine.sig_load_failed.connect(lambda _err: finish(False))  # type: ignore[attr-defined]
+    QTimer.singleShot(0, shown)
+    QTimer.singleShot(int(timeout_s * 1000), lambda: finish(False))
+
+
+def run_gui(argv: list[str], startup_timing: bool = False) -> int:
     from PySide6.QtWidgets import QApplication
 
     from workbench.chat.store import ChatStore, StoreError
@@ -58,6 +91,9 @@ def run_gui(argv: list[str]) -> int:
 
     app = QApplication.instance() or QApplication(argv)
     app.setApplicationName("Workbench")
+    # The installed .desktop file's name (packaging/linux/): docks and Wayland compositors
+    # match the window to its launcher and icon by it.
+    app.setDesktopFileName(APP_ID)
     try:
         store = ChatStore(data_dir() / "conversations.db")
     except StoreError as exc:
@@ -68,33 +104,54 @@ def run_gui(argv: list[str]) -> int:
     store.recover_interrupted()
     window = MainWindow(store, SettingsStore())
     window.show()
+    if startup_timing:
+        _report_startup(window)
     window.start()
     code = app.exec()
     store.close()
     return code
 
 
+def _ensure_std_streams() -> None:
+    """A windowed frozen build (Windows, macOS .app) starts with sys.stdout/stderr None;
+    anything that writes to them would crash. A child whose output is captured has them."""
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+
+
+def _system_library_path() -> None:
+    """A frozen Linux build starts with LD_LIBRARY_PATH pointing into the bundle. This
+    process has loaded its libraries by now; programs it starts (xdg-open, a file manager)
+    must get the system's own. Workbench's children set it again: the bundle's executable
+    does that at every start."""
+    if not (getattr(sys, "frozen", False) and sys.platform.startswith("linux")):
+        return
+    original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is not None:
+        os.environ["LD_LIBRARY_PATH"] = original
+    else:
+        os.environ.pop("LD_LIBRARY_PATH", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--engine-worker"]:  # frozen builds start the engine through here
-        from workbench.engine.worker import main as worker_main
-
-        worker_main(argv[1:])
-        return 0
-    if argv[:1] == ["--probe-hardware"]:  # frozen builds probe through here
-        from workbench.hardware.__main__ import main as probe_main
-
-        return probe_main()
+    _ensure_std_streams()
+    _system_library_path()
+    if argv[:1] and argv[0] in CHILDREN:  # a frozen build starts its child processes so
+        return run_child(argv[0], argv[1:])  # (workbench/children.py)
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--self-test", action="store_true",
                         help="load the built-in model, generate, print JSON, exit")
+    parser.add_argument("--startup-timing", action="store_true",
+                        help="open the window, print when it was shown and when the built-in "
+                             "model was ready (JSON), close")
     args, qt_args = parser.parse_known_args(argv)
     if args.self_test:
         return self_test()
-    if sys.stdout is None:  # a windowed frozen build has no console
-        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
-    return run_gui([sys.argv[0], *qt_args])
+    return run_gui([sys.argv[0], *qt_args], startup_timing=args.startup_timing)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
+from workbench.children import child_command
 from workbench.engine import wire
 from workbench.engine.protocol import (
     AdapterSetting,
@@ -35,9 +35,7 @@ _TERMINAL = (ChatDone, EngineError)
 
 def worker_command(fd: int) -> list[str]:
     """The command line that starts a worker speaking on file descriptor `fd`."""
-    if getattr(sys, "frozen", False):  # a PyInstaller build: the executable dispatches
-        return [sys.executable, "--engine-worker", str(fd)]
-    return [sys.executable, "-m", "workbench.engine.worker", str(fd)]
+    return child_command("--engine-worker", [str(fd)])
 
 
 def describe_exit(exit_code: int | None) -> str:

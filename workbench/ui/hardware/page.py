@@ -17,6 +17,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from workbench.children import is_frozen
+from workbench.hardware.builds import gpu_build_for
 from workbench.hardware.isolated import probe_isolated
 from workbench.hardware.snapshot import HardwareSnapshot
 from workbench.ui import notify
@@ -34,19 +36,20 @@ class MemoryBar(QProgressBar):
                        f"{fmt_bytes(total - used)} free")
 
 
-def gpu_build_hint(snapshot: HardwareSnapshot) -> str:
-    """Tell a GPU owner running a CPU-only build which build would use their GPU."""
-    if not snapshot.gpus or (snapshot.llama and snapshot.llama.supports_gpu_offload):
+def gpu_build_hint(snapshot: HardwareSnapshot, frozen: bool | None = None) -> str:
+    """Tell a GPU owner running a CPU-only build which build would use their GPU: the
+    download to get for an installed app, the CMAKE_ARGS for a source checkout."""
+    choice = gpu_build_for(snapshot)
+    if choice is None:
         return ""
-    vendors = {g.vendor for g in snapshot.gpus}
-    if "nvidia" in vendors:
-        flag = "-DGGML_CUDA=on"
-    elif "apple" in vendors:
-        flag = "-DGGML_METAL=on"
-    else:
-        flag = "-DGGML_VULKAN=on"
-    return (f"This llama.cpp build runs on the CPU only, so your GPU sits idle. Rebuild "
-            f"with <code>CMAKE_ARGS=\"{flag}\" make run</code> to use it.")
+    frozen = is_frozen() if frozen is None else frozen
+    gpu = html.escape(choice.gpu)
+    if frozen:
+        return (f"This Workbench runs llama.cpp on the CPU only, so your {gpu} sits idle. "
+                f"<b>{choice.backend}</b> would use it: install {choice.download}.")
+    return (f"This llama.cpp build runs on the CPU only, so your {gpu} sits idle. Rebuild "
+            f"with <code>CMAKE_ARGS=\"{choice.cmake_args}\" make run</code> to use it "
+            f"({choice.backend}; the installers call it {choice.download}).")
 
 
 class HardwarePage(QScrollArea):
