@@ -247,3 +247,12 @@ def test_converted_file_fits_by_llama_cpp_rules(converted: Path,
     for pair in read_adapter(converted).tensors:
         n_in, n_out = base[pair.base_name]
         assert pair.lora_a_shape == (n_in, 4) and pair.lora_b_shape == (4, n_out)
+
+
+def test_the_converted_file_has_ordinary_permissions(converted) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(converted.stat().st_mode) == 0o666 & ~umask

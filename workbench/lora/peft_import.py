@@ -375,6 +375,10 @@ def _write_and_check(out: Path, factors: list[_Factors], base: GGUFHeader,
         if fatal:  # a bug here, not the user's: the checks above should have caught it
             raise AdapterError("The converted adapter does not fit the model: "
                                + " ".join(fatal), "Please report this.")
+        # mkstemp makes the file private (0600); the adapter is an ordinary file.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

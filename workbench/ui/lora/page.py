@@ -27,6 +27,7 @@ from workbench.models.split import read_model_header
 from workbench.ui import notify
 from workbench.ui.engine_controller import EngineController
 from workbench.ui.lora.rows import AdapterRow
+from workbench.ui.lora.train_panel import TrainPanel
 from workbench.ui.tasks import op
 
 APPLY_DELAY_MS = 120  # a dragged slider applies once it rests, not at every pixel
@@ -114,6 +115,9 @@ class AdaptersPage(QWidget):
         self.layout_.addLayout(buttons)
         self.layout_.addWidget(split, 1)
         self.layout_.addWidget(self.applied)
+        self.train = TrainPanel(engine, adapters_dir)
+        self.train.sig_trained.connect(self.add_adapter)
+        self.layout_.addWidget(self.train)
 
         engine.sig_loaded.connect(self._on_engine_loaded)
         engine.sig_adapters_set.connect(self._on_engine_adapters_set)
