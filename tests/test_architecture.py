@@ -10,7 +10,7 @@ from pathlib import Path
 import workbench
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ("hardware", "models", "engine", "chat", "explain", "lora")
+CORE = ("hardware", "models", "engine", "chat", "explain", "lora", "serve")
 
 
 def core_modules() -> list[str]:
