@@ -1,5 +1,7 @@
 """Shared fixtures. Every test gets its own WORKBENCH_HOME, so settings, conversations
-and window state never touch the user's real files."""
+and window state never touch the user's real files, and a keyring of its own (none, unless
+it asks for `memory_keyring`), so no test reads or writes the user's real keyring and no
+test depends on whether the machine has one."""
 
 from __future__ import annotations
 
@@ -7,7 +9,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import keyring
 import pytest
+from keyring.backend import KeyringBackend
+from keyring.backends import fail
+from keyring.errors import PasswordDeleteError
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -23,6 +29,50 @@ def workbench_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return home
+
+
+class MemoryKeyring(KeyringBackend):
+    """An OS keyring, in memory."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.store.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.store[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if self.store.pop((service, username), None) is None:
+            raise PasswordDeleteError("no such password")
+
+
+def _use_keyring(backend: KeyringBackend) -> None:
+    from workbench import keystore
+
+    keyring.set_keyring(backend)
+    keystore.reset()
+
+
+@pytest.fixture(autouse=True)
+def no_keyring() -> Iterator[None]:
+    """Every test starts on a machine without a keyring: secrets stay in memory."""
+    previous = keyring.get_keyring()
+    _use_keyring(fail.Keyring())
+    yield
+    _use_keyring(previous)
+
+
+@pytest.fixture
+def memory_keyring(no_keyring: None) -> MemoryKeyring:
+    """A working OS keyring for this test, in memory."""
+    backend = MemoryKeyring()
+    _use_keyring(backend)
+    return backend
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 
-import keyring
 import pytest
-from keyring.backends import fail
 
 from tests.engine.openai_faults import MODEL, FaultServer
 from workbench.engine import remote_keys
@@ -212,18 +210,23 @@ def test_stop_before_the_server_answers_is_immediate(remote: BlockingEngine,
             assert getattr(event, "request_id", None) != rid
 
 
-def test_api_keys_fall_back_to_memory_without_a_keyring(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    previous = keyring.get_keyring()
-    keyring.set_keyring(fail.Keyring())
-    remote_keys._reset_for_tests()
-    try:
-        assert remote_keys.key_storage() == "memory"
-        remote_keys.set_api_key("localhost:8080", " sk-1 ")
-        assert remote_keys.get_api_key("http://LOCALHOST:8080/v1/") == "sk-1"
-        assert remote_keys.get_api_key("http://other:8080") is None
-        remote_keys.delete_api_key("http://localhost:8080")
-        assert remote_keys.get_api_key("localhost:8080") is None
-    finally:
-        keyring.set_keyring(previous)
-        remote_keys._reset_for_tests()
+def test_api_keys_fall_back_to_memory_without_a_keyring() -> None:
+    assert remote_keys.key_storage() == "memory"
+    remote_keys.set_api_key("localhost:8080", " sk-1 ")
+    assert remote_keys.get_api_key("http://LOCALHOST:8080/v1/") == "sk-1"
+    assert remote_keys.get_api_key("http://other:8080") is None
+    remote_keys.delete_api_key("http://localhost:8080")
+    assert remote_keys.get_api_key("localhost:8080") is None
+
+
+def test_api_keys_go_to_the_keyring_one_entry_per_server(memory_keyring) -> None:
+    assert remote_keys.key_storage() == "keyring"
+    remote_keys.set_api_key("localhost:8080", "sk-1")
+    remote_keys.set_api_key("http://other:9000/v1", "sk-2")
+    assert memory_keyring.store == {
+        ("workbench-remote", "http://localhost:8080/v1"): "sk-1",
+        ("workbench-remote", "http://other:9000/v1"): "sk-2"}
+    assert remote_keys.get_api_key("http://LOCALHOST:8080/") == "sk-1"
+    remote_keys.set_api_key("localhost:8080", "  ")  # an empty key removes the entry
+    assert remote_keys.get_api_key("localhost:8080") is None
+    assert len(memory_keyring.store) == 1

@@ -8,16 +8,13 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import keyring
 import pytest
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
-from keyring.backend import KeyringBackend
-from keyring.errors import PasswordDeleteError
 
+from tests.conftest import MemoryKeyring
 from workbench.bench.hub_server import HubServer
 from workbench.models import tokens
 from workbench.models.downloads import DownloadManager, DownloadRequest, Progress, State
@@ -27,36 +24,6 @@ NAME = "model-Q4_K_M.gguf"
 MB = 2**20
 TOKEN = "hf_SecretTokenValue123"
 
-
-class MemoryKeyring(KeyringBackend):
-    """The OS keyring this machine lacks, in memory."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.store.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.store[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        if self.store.pop((service, username), None) is None:
-            raise PasswordDeleteError("no such password")
-
-
-@pytest.fixture(autouse=True)
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    tokens._reset_for_tests()
-    yield backend
-    keyring.set_keyring(previous)
-    tokens._reset_for_tests()
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -324,10 +291,6 @@ def test_wrong_token_is_told_apart_from_no_token(hub: HubServer, model: bytes,
 
 
 def test_token_falls_back_to_memory_without_a_keyring() -> None:
-    from keyring.backends import fail
-
-    keyring.set_keyring(fail.Keyring())
-    tokens._reset_for_tests()
     assert tokens.token_storage() == "memory" and tokens.get_token() is None
     tokens.set_token(" hf_abc ")
     assert tokens.get_token() == "hf_abc"

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import keyring
 import pytest
-from keyring.backends import fail
 
 from workbench.engine.protocol import Sampling
 from workbench.serve import settings as serve_settings
@@ -21,16 +18,6 @@ from workbench.serve.openai_format import (
 from workbench.serve.settings import ServerSettings, is_loopback, load_settings, save_settings
 
 ASK = [{"role": "user", "content": "Hi"}]
-
-
-@pytest.fixture(autouse=True)
-def no_keyring() -> Iterator[None]:
-    previous = keyring.get_keyring()
-    keyring.set_keyring(fail.Keyring())
-    serve_settings._reset_for_tests()
-    yield
-    keyring.set_keyring(previous)
-    serve_settings._reset_for_tests()
 
 
 def test_loopback_addresses() -> None:

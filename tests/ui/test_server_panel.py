@@ -26,13 +26,6 @@ pytestmark = pytest.mark.engine
 ASK = [{"role": "user", "content": "List three colours of the rainbow."}]
 
 
-@pytest.fixture(autouse=True)
-def session_keys() -> Iterator[None]:
-    serve_settings._reset_for_tests()
-    yield
-    serve_settings._reset_for_tests()
-
-
 @pytest.fixture
 def controller(qtbot, builtin_model: Path) -> Iterator[EngineController]:
     controller = EngineController()

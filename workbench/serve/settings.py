@@ -1,9 +1,8 @@
 """Where the API server listens, and its optional API key.
 
 The address lives in a small JSON file next to the app's settings; the key lives in the OS
-keyring (service "workbench-serve") and never in a file of ours. As with the Hugging Face
-token (workbench.models.tokens): without a keyring backend, the key is kept in this
-process's memory for the session only, and `key_storage()` says so.
+keyring (service "workbench-serve") and never in a file of ours: see workbench.keystore,
+which keeps it in memory for the session where there is no keyring.
 """
 
 from __future__ import annotations
@@ -11,15 +10,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import keyring
-import keyring.errors
-from keyring.backends import fail
-
+from workbench import keystore
 from workbench.settings import config_dir
 
 LOOPBACK = "127.0.0.1"
@@ -85,75 +80,24 @@ def save_settings(settings: ServerSettings, path: Path | None = None) -> None:
 
 # ---------------------------------------------------------------- the API key
 
-_lock = threading.Lock()
-_memory: str | None = None  # the fallback store, when there is no keyring
-_use_memory = False  # set once a keyring call showed there is no usable backend
-
 
 def generate_api_key() -> str:
     return "wb-" + secrets.token_urlsafe(24)
 
 
-def _keyring_usable() -> bool:
-    return not _use_memory and not isinstance(keyring.get_keyring(), fail.Keyring)
-
-
-def _give_up_on_keyring() -> None:
-    global _use_memory
-    _use_memory = True
-
-
 def key_storage() -> str:
     """"keyring" when the key is kept by the OS, "memory" when only for this session."""
-    with _lock:
-        return "keyring" if _keyring_usable() else "memory"
+    return keystore.storage()
 
 
 def get_api_key() -> str | None:
-    with _lock:
-        if _keyring_usable():
-            try:
-                return keyring.get_password(SERVICE, USER) or None
-            except keyring.errors.NoKeyringError:
-                _give_up_on_keyring()
-            except keyring.errors.KeyringError:
-                return None  # a locked or broken keyring: as if there were no key
-        return _memory
+    return keystore.get(SERVICE, USER)
 
 
 def set_api_key(key: str) -> None:
-    global _memory
-    key = key.strip()
-    if not key:
-        delete_api_key()
-        return
-    with _lock:
-        if _keyring_usable():
-            try:
-                keyring.set_password(SERVICE, USER, key)
-                _memory = None
-                return
-            except (keyring.errors.NoKeyringError, keyring.errors.PasswordSetError):
-                _give_up_on_keyring()
-        _memory = key
+    """Keep `key`; an empty one removes the stored key."""
+    keystore.put(SERVICE, USER, key)
 
 
 def delete_api_key() -> None:
-    global _memory
-    with _lock:
-        _memory = None
-        if _keyring_usable():
-            try:
-                keyring.delete_password(SERVICE, USER)
-            except keyring.errors.PasswordDeleteError:
-                pass  # there was none
-            except keyring.errors.NoKeyringError:
-                _give_up_on_keyring()
-
-
-def _reset_for_tests() -> None:
-    """Forget the session fallback (tests switch keyring backends between cases)."""
-    global _memory, _use_memory
-    with _lock:
-        _memory = None
-        _use_memory = False
+    keystore.delete(SERVICE, USER)
