@@ -22,10 +22,10 @@ PACKAGE = Path(workbench.__file__).parent
 
 
 def test_source_and_frozen_command_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert worker_command(7) == [sys.executable, "-m", "workbench.engine.worker", "7"]
+    assert worker_command() == [sys.executable, "-m", "workbench.engine.worker"]
     assert probe_command() == [sys.executable, "-m", "workbench.hardware"]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
-    assert worker_command(7) == [sys.executable, "--engine-worker", "7"]
+    assert worker_command() == [sys.executable, "--engine-worker"]
     assert probe_command() == [sys.executable, "--probe-hardware"]
     for flag in CHILDREN:
         assert child_command(flag, ["a", "b"]) == [sys.executable, flag, "a", "b"]

@@ -4,7 +4,7 @@
     workbench --self-test     load the built-in model in the engine process, stream a short
                               reply, print one JSON object, exit 0 on success
 
-A frozen build also starts its own child processes through flags (--engine-worker FD,
+A frozen build also starts its own child processes through flags (--engine-worker,
 --probe-hardware, --measure-fit, --requantize, --train-lora): see workbench/children.py.
 """
 

@@ -1,8 +1,9 @@
 """The engine worker: the only process that loads llama.cpp.
 
-It runs in a child process started by `LocalEngine`. A reader thread takes requests off
-the pipe, so a cancel lands while the main thread is generating; the main thread runs
-one request at a time. If llama.cpp crashes, only this process dies.
+It runs in a child process started by `LocalEngine`, and connects back to it (see
+`connect_to_app`). A reader thread takes requests off the connection, so a cancel lands
+while the main thread is generating; the main thread runs one request at a time. If
+llama.cpp crashes, only this process dies.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import os
 import queue
 import random
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.connection import Client, Connection
+from typing import Any, BinaryIO
 
 from workbench.engine import distribution, wire
 from workbench.engine.adapters import AdapterSlots
@@ -428,10 +430,27 @@ def worker_main(conn: Connection) -> None:
     Worker(conn).run()
 
 
+def connect_to_app(stream: BinaryIO | None = None) -> Connection:
+    """Connect to the app's listener. LocalEngine writes where it is, and the key it
+    wants, as one JSON line on our stdin: {"address", "family", "authkey" (hex)}."""
+    if stream is None and sys.stdin is not None:
+        stream = sys.stdin.buffer
+    if stream is None:  # a windowed frozen build may have no sys.stdin, yet a pipe on fd 0
+        stream = open(0, "rb", closefd=False)  # noqa: SIM115
+    line = stream.readline()
+    if not line.strip():
+        raise SystemExit("workbench engine worker: no connection details on stdin; the app "
+                         "starts this process, it is not run by hand")
+    hello = json.loads(line)
+    return Client(hello["address"], hello["family"],
+                  authkey=bytes.fromhex(hello["authkey"]))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the engine process: `python -m workbench.engine.worker FD`."""
-    args = sys.argv[1:] if argv is None else argv
-    worker_main(Connection(int(args[0])))
+    """Entry point of the engine process: `python -m workbench.engine.worker` (a frozen
+    build: `workbench --engine-worker`). It takes no arguments; see `connect_to_app`."""
+    del argv  # nothing on the command line: the key must not be visible to other users
+    worker_main(connect_to_app())
 
 
 if __name__ == "__main__":
