@@ -1,8 +1,14 @@
 """EngineController: the engine as the UI sees it — Qt signals on the GUI thread, and a
-state the window can show (no model, loading, ready, busy, crashed)."""
+state the window can show (no model, loading, ready, busy, crashed).
+
+The engine behind it can be swapped (`switch_engine`): the local llama.cpp engine or a
+remote OpenAI-compatible server. Events still on their way from a replaced engine are
+dropped, so nothing of the old engine reaches the pages after the switch."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal
@@ -29,11 +35,31 @@ from workbench.engine.protocol import (
     Tokenized,
     Unloaded,
 )
+from workbench.engine.remote import RemoteEngine
+
+EngineFactory = Callable[[EventCallback], Engine]
+CLOSE_WAIT_S = 5.0  # how long close() waits for replaced engines still shutting down
+
+# What only the local engine can do, and why a server cannot, in the user's words: pages
+# show these as unavailable (not broken) while the app is on a remote server.
+LOCAL_ONLY = {
+    "model_file": "This needs the model's GGUF file, and the file stays on the server.",
+    "adapters": "LoRA adapters are applied here to a model on this computer; a server "
+                "applies its own (vLLM: --enable-lora, llama.cpp: --lora).",
+    "perplexity": "Perplexity needs the probability of every token of the text, which "
+                  "OpenAI-compatible servers do not report.",
+    "load_settings": "Context size, GPU layers and the KV cache type are the server's "
+                     "settings: set them where the server is started.",
+    "serve": "The API server shares the local engine. Clients can use the remote server "
+             "directly, at the address this app is connected to.",
+}
 
 
 class EngineController(QObject):
-    sig_event = Signal(object)
-    """Internal: carries an engine event from the engine's thread to the GUI thread."""
+    sig_event = Signal(int, object)
+    """Internal: (engine generation, event) from the engine's thread to the GUI thread."""
+    sig_engine_switched = Signal(str)
+    """switch_engine() put a new engine in place: 'local' | 'remote'."""
     sig_state_changed = Signal(str)
     """'empty' | 'loading' | 'ready' | 'busy' | 'crashed'."""
     sig_loaded = Signal(object)
@@ -64,11 +90,16 @@ class EngineController(QObject):
     """EngineError: the requested adapters could not be applied (the previous set holds)."""
 
     def __init__(self, parent: QObject | None = None,
-                 make_engine: Callable[[EventCallback], Engine] = LocalEngine) -> None:
+                 make_engine: EngineFactory = LocalEngine) -> None:
         super().__init__(parent)
         # Events arrive on the engine's reader thread; a queued signal hops them here.
-        self.sig_event.connect(self._on_engine_event)
-        self.engine = make_engine(self.sig_event.emit)
+        self.sig_event.connect(self._on_sig_event)
+        self._generation = 0  # which engine's events count; bumped by switch_engine
+        self._closers: list[threading.Thread] = []  # replaced engines shutting down
+        self.engine = make_engine(self._callback_for(self._generation))
+        remote = isinstance(self.engine, RemoteEngine)
+        self.kind = "remote" if remote else "local"
+        self.remote_url: str | None = self.engine.base_url if remote else None
         self.state = "empty"
         self.model: ModelInfo | None = None
         self.spec: LoadSpec | None = None
@@ -120,6 +151,66 @@ class EngineController(QObject):
 
     def close(self) -> None:
         self.engine.close()
+        # Replaced engines close in the background; the app must not exit before they have
+        # (a local engine's process would be left behind).
+        for closer in self._closers:
+            closer.join(CLOSE_WAIT_S)
+        self._closers = [c for c in self._closers if c.is_alive()]
+
+    def switch_engine(self, make_engine: EngineFactory, kind: str, *,
+                      remote_url: str | None = None) -> None:
+        """Replace the engine with `make_engine(callback)`: "local" or "remote".
+
+        A running reply is cancelled and the old engine closed (in the background, so a slow
+        shutdown does not freeze the window); nothing it sends afterwards is delivered. The
+        controller starts over with no model ("empty"): the caller loads one next.
+        `remote_url` defaults to the new engine's `base_url` for a remote engine."""
+        if kind not in ("local", "remote"):
+            raise ValueError(f"unknown engine kind {kind!r}")
+        generation = self._generation + 1
+        # Made first: if it fails (a malformed address), the old engine stays in place.
+        engine = make_engine(self._callback_for(generation))
+        old = self.engine
+        if self._chat_id is not None:
+            with contextlib.suppress(Exception):  # a dead engine cannot cancel; close() ends it
+                old.cancel(self._chat_id)
+        self._generation, self.engine = generation, engine
+        closer = threading.Thread(target=self._close_quietly, args=(old,),
+                                  name="engine-close", daemon=True)
+        closer.start()
+        self._closers = [c for c in self._closers if c.is_alive()] + [closer]
+        self.kind = kind
+        self.remote_url = ((remote_url or getattr(engine, "base_url", None))
+                           if kind == "remote" else None)
+        self.model = None
+        self.spec = None
+        self.adapters = ()
+        self._load_id = self._chat_id = self._adapters_id = None
+        self.owner = None  # whoever drove the old engine has lost it
+        # Always said, even from "empty": the pages show which engine they are on.
+        self.state = "empty"
+        self.sig_state_changed.emit("empty")
+        self.sig_engine_switched.emit(kind)
+
+    @staticmethod
+    def _close_quietly(engine: Engine) -> None:
+        with contextlib.suppress(Exception):  # it may be dead already; nothing to report
+            engine.close()
+
+    def _callback_for(self, generation: int) -> EventCallback:
+        def deliver(event: Event) -> None:
+            self.sig_event.emit(generation, event)
+        return deliver
+
+    @property
+    def is_remote(self) -> bool:
+        return self.kind == "remote"
+
+    def unavailable(self, feature: str) -> str | None:
+        """Why `feature` (a LOCAL_ONLY key) cannot be used on this engine; None if it can."""
+        if feature not in LOCAL_ONLY:
+            raise KeyError(feature)
+        return LOCAL_ONLY[feature] if self.is_remote else None
 
     @property
     def pid(self) -> int | None:
@@ -135,6 +226,10 @@ class EngineController(QObject):
         if state != self.state:
             self.state = state
             self.sig_state_changed.emit(state)
+
+    def _on_sig_event(self, generation: int, event: Event) -> None:
+        if generation == self._generation:  # else from an engine switch_engine replaced
+            self._on_engine_event(event)
 
     def _on_engine_event(self, event: Event) -> None:
         if isinstance(event, Token):

@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
 
 from workbench.chat.store import ChatStore
 from workbench.engine.protocol import EngineDied, EngineError, LoadSpec, ModelInfo
+from workbench.engine.remote_http import host_of
+from workbench.engine.remote_settings import RemoteConnection
 from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, display_name
 from workbench.models.fit import (
     FitError,
@@ -50,6 +52,9 @@ from workbench.ui.lora.page import AdaptersPage
 from workbench.ui.models.browser import ModelsPage
 from workbench.ui.models.downloads import DownloadsPanel
 from workbench.ui.models.library import LibraryPage
+from workbench.ui.remote.connect import connect_remote, reconnect_last, use_local
+from workbench.ui.remote.dialog import ConnectionDialog
+from workbench.ui.serve.page import ServerPage
 from workbench.ui.tasks import op
 
 _LEVEL_COLOURS = {"error": "#fdecea", "warning": "#fff4e5", "info": "#e8f4fd"}
@@ -112,12 +117,15 @@ class MainWindow(QMainWindow):
             lambda: self.engine.spec.model_path if self.engine.spec else None,
             self._usable_adapters)
         self.adapters = AdaptersPage(self.engine, s.adapters, data_dir() / "adapters")
+        self.server = ServerPage(self.engine, defaults=s.sampling)
+        self.connection_dialog: ConnectionDialog | None = None  # while it is open
         self.pages = QStackedWidget()
         self.nav = QListWidget()
         self.nav.setFixedWidth(110)
         for title, page in (("Chat", self.chat), ("Compare", self.compare),
                             ("Adapters", self.adapters), ("Models", self.models),
-                            ("Library", self.library), ("Hardware", self.hardware)):
+                            ("Library", self.library), ("Hardware", self.hardware),
+                            ("Server", self.server)):
             self.nav.addItem(title)
             self.pages.addWidget(page)
         self.nav.currentRowChanged.connect(self.pages.setCurrentIndex)
@@ -149,6 +157,9 @@ class MainWindow(QMainWindow):
         self.engine.sig_state_changed.connect(self._on_engine_state_changed)
         self.engine.sig_loaded.connect(self._on_engine_loaded)
         self.engine.sig_load_failed.connect(self._on_engine_load_failed)
+        self.engine.sig_engine_switched.connect(self._on_engine_switched)
+        self.server.sig_connect_requested.connect(self.open_connection_dialog)
+        self.server.sig_local_requested.connect(self.use_local_engine)
         self.panel.sig_sampling_changed.connect(self._on_panel_sampling_changed)
         self.panel.sig_user_presets_changed.connect(
             lambda presets: self._save(replace(self.settings, user_presets=presets)))
@@ -175,6 +186,7 @@ class MainWindow(QMainWindow):
         self.panel.sig_sampling_changed.connect(self.refresh_next_token)
         self._restore_window_state()
         self._on_engine_state_changed(self.engine.state)
+        self._on_engine_switched(self.engine.kind)
 
     # ------------------------------------------------------------ model loading
 
@@ -183,15 +195,69 @@ class MainWindow(QMainWindow):
                                .index(title))
 
     def start(self) -> None:
-        """Probe the hardware in the background; load the last model used, or the built-in
-        one on first start."""
+        """Probe the hardware in the background; reconnect to the server the app was on
+        when it closed, else load the last model used, or the built-in one on first start."""
         self.hardware.refresh()
         self.library.refresh()
+        if reconnect_last(self.engine) is None:
+            self.start_local()
+
+    def start_local(self) -> None:
+        """Load the last local model used, or the built-in one."""
         path = self.settings.last_model_path
         if path:
             self.load_model(path)
         else:
             self.load_builtin()
+
+    # ------------------------------------------------------------ remote servers
+
+    def open_connection_dialog(self) -> ConnectionDialog:
+        """The connection dialog, window-modal; Connect puts the chat on that server."""
+        if self.connection_dialog is not None:
+            self.connection_dialog.raise_()
+            return self.connection_dialog
+        dialog = ConnectionDialog(self)
+        dialog.accepted.connect(
+            lambda: self.connect_to_server(dialog.connection(), dialog.api_key()))
+        dialog.finished.connect(self._on_connection_dialog_finished)
+        self.connection_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def _on_connection_dialog_finished(self, _result: int) -> None:
+        if self.connection_dialog is not None:
+            self.connection_dialog.deleteLater()
+            self.connection_dialog = None
+
+    def connect_to_server(self, conn: RemoteConnection, api_key: str | None) -> bool:
+        """Chat with `conn.model_id` on its server from now on (a reply in progress is
+        stopped; conversations stay). False, and says why, for an unusable address."""
+        if self.chat.active is not None:
+            self.chat.stop()
+        self.compare_runner.stop()
+        try:
+            connect_remote(self.engine, conn, api_key)
+        except Exception as exc:  # httpx's InvalidURL: the old engine stays in place
+            notify.error("Cannot connect", f"“{conn.base_url}” is not a usable address "
+                         f"({exc}).", "Write it as http://HOST:PORT/v1.", key="load")
+            return False
+        self.show_page("Chat")
+        return True
+
+    def use_local_engine(self) -> None:
+        """Leave the server: back to the local engine and the last local model."""
+        if self.chat.active is not None:
+            self.chat.stop()
+        self.compare_runner.stop()
+        use_local(self.engine)
+        self.start_local()
+
+    def _on_engine_switched(self, _kind: str) -> None:
+        self.panel.show_remote(self.engine.unavailable("load_settings"))
+        self.compare.set_axes_unavailable({
+            "model": self.engine.unavailable("model_file"),
+            "adapter": self.engine.unavailable("adapters")})
 
     def load_builtin(self) -> None:
         try:
@@ -203,10 +269,13 @@ class MainWindow(QMainWindow):
 
     def load_model(self, path: str, remember: bool = True,
                    model: ModelSettings | None = None) -> None:
-        """Check the file off the GUI thread, then hand it to the engine."""
+        """Check the file off the GUI thread, then hand it to the engine (the local one:
+        loading a file leaves a remote server)."""
         model = model or self.panel.model_settings()
 
         def go(spec: LoadSpec) -> None:
+            if self.engine.is_remote:
+                use_local(self.engine)
             self.engine.load(spec)
             self._save(replace(self.settings, model=model,
                                last_model_path=path if remember else None))
@@ -307,6 +376,10 @@ class MainWindow(QMainWindow):
                                       model.n_gpu_layers)
 
     def reload_with(self, model: ModelSettings) -> None:
+        if self.engine.is_remote:  # the panel greys these out; a stray request lands here
+            notify.info("These settings are the server's",
+                        self.engine.unavailable("load_settings") or "", key="load")
+            return
         if self.engine.spec is None:
             self.start()
             return
@@ -321,6 +394,10 @@ class MainWindow(QMainWindow):
 
     def _on_engine_loaded(self, info: ModelInfo) -> None:
         notify.dismiss("load")
+        if self.engine.is_remote:
+            self.statusBar().showMessage(
+                f"Connected to {info.name} on {host_of(self.engine.remote_url or '')}", 5000)
+            return
         spec = self.engine.spec
         self.hardware.fit.set_model(info.path)
         if spec is not None:
@@ -330,11 +407,26 @@ class MainWindow(QMainWindow):
             f"Loaded {display_name(info)} in {info.load_seconds:.1f} s", 5000)
 
     def _on_engine_load_failed(self, event: EngineError | EngineDied) -> None:
+        if self.engine.is_remote:
+            # The server is down or refuses us: the chat (and its history) stays usable
+            # on the local model, one click away.
+            notify.error("Could not use the server", event.message, event.hint, key="load",
+                         actions=(("Try again", self.engine.reload),
+                                  ("Use the local model", self.use_local_engine),
+                                  ("Connect to another…", self.open_connection_dialog)))
+            return
         notify.error("The model did not load", event.message, event.hint, key="load")
 
     def _on_engine_state_changed(self, state: str) -> None:
         model = self.engine.model
         pid = self.engine.pid
+        if self.engine.is_remote:
+            where = host_of(self.engine.remote_url or "")
+            text = {"empty": "No model", "loading": f"Connecting to {where}…",
+                    "crashed": "Server connection lost"}.get(
+                state, f"{model.name} on {where}" if model else state)
+            self.engine_label.setText(text)
+            return
         text = {"empty": "No model", "loading": "Loading…", "crashed": "Engine stopped"}.get(
             state, f"{display_name(model)} · {model.n_threads} threads" if model else state)
         self.engine_label.setText(f"{text} · engine pid {pid}" if pid else text)
@@ -410,6 +502,7 @@ class MainWindow(QMainWindow):
         if self.chat.active is not None:
             self.chat.stop()
         self.compare_runner.stop()
+        self.server.server.shutdown()  # stop listening, cancel its replies, free the engine
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())
         qs.setValue("chat_splitter", self.chat.splitter.saveState())

@@ -96,6 +96,60 @@ def _shoot_compare(window, out: Path) -> None:
     print(f"wrote {out / 'compare.png'}")
 
 
+def _shoot_adapters(window, out: Path) -> None:
+    """The Adapters page after training the example adapter (when the train extra is
+    installed), then Compare with that adapter off and on."""
+    from workbench.lora.train import train_available
+
+    window.show_page("Adapters")
+    page = window.adapters
+    if train_available() is None:
+        page.train.name.setText("secret-password")
+        page.train.learning_rate.setValue(2e-3)
+        page.train.start()
+        _wait(page.train.sig_trained, 600_000)
+        _wait(window.engine.sig_adapters_set, 30_000)
+    else:
+        print("the train extra is not installed: the Adapters page is shot without training")
+    _settle(800)
+    window.grab().save(str(out / "adapters.png"))
+    print(f"wrote {out / 'adapters.png'}")
+    if not page.rows:
+        return
+    compare = window.compare
+    window.show_page("Compare")
+    compare.set_axis("adapter")
+    compare.columns[1].adapter_editor.select(page.rows[0].setting.path, 1.0)
+    compare.prompt.setPlainText("What is the secret password?")
+    compare.max_tokens.setValue(40)
+    compare.run()
+    _wait(window.compare_runner.sig_finished)
+    _settle(800)
+    window.grab().save(str(out / "compare-adapter.png"))
+    print(f"wrote {out / 'compare-adapter.png'}")
+
+
+def _shoot_server(window, out: Path) -> None:
+    """The Server page serving the built-in model, then the connection dialog tested
+    against that very server (only listed: connecting the window to itself would leave
+    nothing to serve)."""
+    window.show_page("Server")
+    panel = window.server.server
+    panel.switch.setChecked(True)
+    _settle(800)
+    window.grab().save(str(out / "server.png"))
+    print(f"wrote {out / 'server.png'}")
+    dialog = window.open_connection_dialog()
+    dialog.url_combo.setEditText(panel.server.url)
+    dialog.test_connection()
+    _wait(dialog.sig_test_finished, 20_000)
+    _settle(300)
+    dialog.grab().save(str(out / "connect.png"))
+    print(f"wrote {out / 'connect.png'}")
+    dialog.reject()
+    panel.shutdown()
+
+
 def main(out_dir: str = "docs") -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     home = tempfile.mkdtemp(prefix="workbench-shots-")
@@ -153,6 +207,8 @@ def main(out_dir: str = "docs") -> int:
     print(f"wrote {out / 'hardware.png'}")
 
     _shoot_compare(window, out)
+    _shoot_adapters(window, out)
+    _shoot_server(window, out)
     _shoot_models(window, out)
     window.close()
     store.close()

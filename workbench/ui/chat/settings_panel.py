@@ -134,6 +134,8 @@ class SettingsPanel(QScrollArea):
         form.addRow("V cache", self.type_v)
         form.addRow("Chat format", self.template)
         form.addRow(self.reload_button)
+        self.load_settings_note = QLabel(wordWrap=True, visible=False)
+        form.addRow(self.load_settings_note)
         return box
 
     def model_settings(self) -> ModelSettings:
@@ -148,6 +150,16 @@ class SettingsPanel(QScrollArea):
             type_v=self.type_v.currentText(),
             chat_template=self.template.currentData(),
         )
+
+    def show_remote(self, reason: str | None) -> None:
+        """On a remote server (`reason` says why), the load settings are the server's:
+        greyed out, with the reason as their tooltip."""
+        for widget in (self.n_ctx, self.n_gpu_layers, self.n_threads, self.n_batch,
+                       self.flash_attn, self.type_k, self.type_v, self.template,
+                       self.reload_button):
+            widget.setEnabled(reason is None)
+        self.load_settings_note.setVisible(reason is not None)
+        self.load_settings_note.setText(reason or "")
 
     def show_model(self, info: ModelInfo | None, state: str) -> None:
         if info is None:

@@ -152,6 +152,18 @@ class ComparePage(QWidget):
             variants.append(Variant(column.label, path, sampling, adapters))
         return CompareSetup(self.prompt.toPlainText().strip(), self.seed.value(), *variants)
 
+    def set_axes_unavailable(self, reasons: dict[str, str | None]) -> None:
+        """Grey out the axes this engine cannot vary, with the reason as their tooltip;
+        a greyed-out axis that was chosen gives way to sampling."""
+        items = self.axis.model()
+        for i in range(self.axis.count()):
+            reason = reasons.get(self.axis.itemData(i))
+            item = items.item(i)  # type: ignore[attr-defined]
+            item.setEnabled(reason is None)
+            item.setToolTip(reason or "")
+        if reasons.get(self.axis_key()):
+            self.set_axis("sampling")
+
     def refresh_adapters(self) -> None:
         """Offer the Adapters page's usable adapters; B defaults to the first one."""
         adapters = self.usable_adapters()

@@ -115,11 +115,30 @@ class DemosWidget(QTabWidget):
         self.text_input.textChanged.connect(self.request_tokens)
         engine.sig_tokenized.connect(self._on_engine_tokenized)
         engine.sig_loaded.connect(lambda info: self.set_model(info.path))
+        engine.sig_engine_switched.connect(self._on_engine_switched)
 
     # ------------------------------------------------------------ model
 
     def set_model(self, path: str) -> None:
+        if self.engine.is_remote:
+            return  # the file is on the server; _on_engine_switched said so
         op(read_model_header, path).success(self.set_header).run()
+
+    def _on_engine_switched(self, _kind: str) -> None:
+        """Forget the old engine's model; on a server, say which demos cannot run."""
+        self.header = self.shape = None
+        self.used_tokens = 0
+        file_reason = self.engine.unavailable("model_file") or ""
+        note = (f"<i>Unavailable for a model on a server.</i> {html.escape(file_reason)}"
+                if file_reason else "")
+        for label in (self.kv_text, self.quant_text, self.lora_text):
+            label.setText(note)
+        ppl_reason = self.engine.unavailable("perplexity")
+        self.ppl_view.setText(f"<i>Unavailable on this server.</i> {html.escape(ppl_reason)}"
+                              if ppl_reason else "")
+        self.ppl_input.setEnabled(ppl_reason is None)
+        self.next_view.clear()
+        self.token_view.clear()
 
     def set_header(self, header: GGUFHeader) -> None:
         self.header, self.shape = header, ModelShape.from_header(header)

@@ -123,6 +123,7 @@ class AdaptersPage(QWidget):
         engine.sig_adapters_set.connect(self._on_engine_adapters_set)
         engine.sig_adapters_failed.connect(self._on_engine_adapters_failed)
         engine.sig_state_changed.connect(lambda _s: self._show_title())
+        engine.sig_engine_switched.connect(self._on_engine_switched)
         for setting in adapters:
             self._add_row(setting)
         self._show_title()
@@ -207,9 +208,17 @@ class AdaptersPage(QWidget):
         if row.info is not None and self.base_header is not None:
             row.set_problems(check_compatible(row.info, self.base_header))
 
+    def _on_engine_switched(self, _kind: str) -> None:
+        self.base_header = None  # the old engine's model is gone
+        remote = self.engine.unavailable("adapters")
+        self.import_button.setEnabled(remote is None)  # converting reads the base's file
+        self._show_title()
+
     def _on_engine_loaded(self, info: ModelInfo) -> None:
         self.base_header = None
         self._show_title()
+        if self.engine.is_remote:
+            return  # no file here to check adapters against, nothing to apply them to
 
         def have_base(header: GGUFHeader) -> None:
             if self.engine.model is None or self.engine.model.path != info.path:
@@ -253,8 +262,14 @@ class AdaptersPage(QWidget):
 
     def _show_title(self) -> None:
         model = self.engine.model
-        self.title.setText(f"<b>LoRA adapters</b> on {html.escape(model.name)}" if model
-                           else "<b>LoRA adapters</b> — load a model to apply them")
+        remote = self.engine.unavailable("adapters")
+        if remote:
+            self.title.setText(f"<b>LoRA adapters</b> — unavailable on a remote server. "
+                               f"{html.escape(remote)}")
+            self.title.setWordWrap(True)
+        else:
+            self.title.setText(f"<b>LoRA adapters</b> on {html.escape(model.name)}" if model
+                               else "<b>LoRA adapters</b> — load a model to apply them")
 
     # ------------------------------------------------------------ adding
 

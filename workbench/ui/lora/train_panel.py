@@ -4,6 +4,7 @@ peft never load into the app); its stdout is one JSON event per line."""
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from PySide6.QtCore import QProcess, QTimer, Signal
@@ -121,7 +122,9 @@ class TrainPanel(QGroupBox):
         layout = QVBoxLayout(self)
         layout.addWidget(self.unavailable)
         layout.addWidget(self.controls)
-        self.show_availability(train_available())
+        self._missing = train_available()
+        engine.sig_engine_switched.connect(lambda _kind: self.show_availability(self._missing))
+        self.show_availability(self._missing)
 
     @staticmethod
     def _pair(a: QWidget, b: QWidget) -> QWidget:
@@ -133,11 +136,19 @@ class TrainPanel(QGroupBox):
         return box
 
     def show_availability(self, missing: str | None) -> None:
-        """Without the training packages, say how to get them instead of the controls."""
-        self.unavailable.setVisible(missing is not None)
-        self.unavailable.setText(f"<b>Training is not installed.</b><pre>{missing}</pre>"
-                                 if missing else "")
-        self.controls.setEnabled(missing is None)
+        """Without the training packages, say how to get them instead of the controls; on a
+        remote model, say why training needs a local one."""
+        self._missing = missing
+        remote = self.engine.unavailable("model_file")
+        if missing:
+            text = f"<b>Training is not installed.</b><pre>{missing}</pre>"
+        elif remote:
+            text = f"<b>Training needs a model on this computer.</b> {html.escape(remote)}"
+        else:
+            text = ""
+        self.unavailable.setVisible(bool(text))
+        self.unavailable.setText(text)
+        self.controls.setEnabled(not text)
 
     @property
     def running(self) -> bool:
@@ -147,7 +158,7 @@ class TrainPanel(QGroupBox):
 
     def train_config(self) -> TrainConfig | None:
         model = self.engine.model
-        if model is None:
+        if model is None or self.engine.is_remote:
             return None
         return TrainConfig(
             base_gguf=model.path, data_path=self.data.text().strip(),

@@ -122,6 +122,7 @@ class ServerPanel(QGroupBox):
                        self.queue.sig_served_changed, engine.sig_loaded,
                        engine.sig_state_changed):
             signal.connect(self._refresh)
+        engine.sig_engine_switched.connect(self._on_engine_switched)
         self._show_key_storage()
         self._refresh()
 
@@ -138,6 +139,10 @@ class ServerPanel(QGroupBox):
         """Start serving with the panel's settings; False (and says why) if it cannot."""
         if self.server is not None:
             return True
+        if self.engine.unavailable("serve"):
+            self._set_switch(False)
+            self._refresh()  # the status line says why
+            return False
         settings = self.settings()
         server = ApiServer(self.queue.backend, settings, api_key=self.key.text().strip(),
                            defaults=self.defaults)
@@ -190,6 +195,9 @@ class ServerPanel(QGroupBox):
         return answer == QMessageBox.StandardButton.Yes
 
     def status_text(self) -> str:
+        unavailable = self.engine.unavailable("serve")
+        if unavailable:
+            return f"Unavailable while chatting with a model on a server. {unavailable}"
         if self.server is None:
             return f"Off. {self.error}" if self.error else "Off."
         model = self.queue.model_id
@@ -214,6 +222,11 @@ class ServerPanel(QGroupBox):
         self.switch.blockSignals(True)
         self.switch.setChecked(on)
         self.switch.blockSignals(False)
+
+    def _on_engine_switched(self, _kind: str) -> None:
+        if self.engine.unavailable("serve"):
+            self.stop()  # its engine is gone
+        self._refresh()
 
     def _on_switch_toggled(self, on: bool) -> None:
         if on:
@@ -262,6 +275,7 @@ class ServerPanel(QGroupBox):
         running = self.server is not None
         for widget in (self.host, self.port):
             widget.setEnabled(not running)
+        self.switch.setEnabled(self.engine.unavailable("serve") is None)
         self.exposure_warning.setVisible(not is_loopback(str(self.host.currentData())))
         self.url.setText(self.server.url if self.server else "")
         for widget in (self.url, self.copy_url, self.example):
