@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -74,3 +75,26 @@ def test_windowed_build_without_std_streams_does_not_crash(
     assert sys.stdout is not None and sys.stderr is not None
     sys.stdout.close()
     sys.stderr.close()
+
+
+def test_a_frozen_app_starts_its_children_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Children inherit this process's environment: they must run PyInstaller's start-up
+    # again (the bundle on LD_LIBRARY_PATH), while other programs get the system's path.
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/workbench/_internal:/usr/local/lib")
+    monkeypatch.setenv("LD_LIBRARY_PATH_ORIG", "/usr/local/lib")
+    monkeypatch.delenv("PYINSTALLER_RESET_ENVIRONMENT", raising=False)
+    app._environment_for_children()
+    assert os.environ["PYINSTALLER_RESET_ENVIRONMENT"] == "1"
+    assert os.environ["LD_LIBRARY_PATH"] == "/usr/local/lib"
+    assert "LD_LIBRARY_PATH_ORIG" not in os.environ
+
+
+def test_from_source_the_environment_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(sys, "frozen", raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/somewhere")
+    monkeypatch.delenv("PYINSTALLER_RESET_ENVIRONMENT", raising=False)
+    app._environment_for_children()
+    assert "PYINSTALLER_RESET_ENVIRONMENT" not in os.environ
+    assert os.environ["LD_LIBRARY_PATH"] == "/somewhere"

@@ -121,12 +121,23 @@ def _ensure_std_streams() -> None:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115
 
 
-def _system_library_path() -> None:
-    """A frozen Linux build starts with LD_LIBRARY_PATH pointing into the bundle. This
+def _environment_for_children() -> None:
+    """What a frozen build's own environment must not pass on.
+
+    PyInstaller marks its processes with variables (_PYI_*) that a child inherits; the
+    bundle's executable started again with them believes it is already set up and skips
+    its start-up, so on Linux it runs without the bundle's folder on LD_LIBRARY_PATH, and
+    llama.cpp's libraries then miss the libgomp the bundle carries (seen on a clean Debian
+    12, which has none of its own). PYINSTALLER_RESET_ENVIRONMENT makes every child a fresh
+    start of the app.
+
+    And a frozen Linux build starts with LD_LIBRARY_PATH pointing into the bundle. This
     process has loaded its libraries by now; programs it starts (xdg-open, a file manager)
-    must get the system's own. Workbench's children set it again: the bundle's executable
-    does that at every start."""
-    if not (getattr(sys, "frozen", False) and sys.platform.startswith("linux")):
+    must get the system's own. Workbench's children set it again at their own start."""
+    if not getattr(sys, "frozen", False):
+        return
+    os.environ["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+    if not sys.platform.startswith("linux"):
         return
     original = os.environ.pop("LD_LIBRARY_PATH_ORIG", None)
     if original is not None:
@@ -138,7 +149,7 @@ def _system_library_path() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _ensure_std_streams()
-    _system_library_path()
+    _environment_for_children()
     if argv[:1] and argv[0] in CHILDREN:  # a frozen build starts its child processes so
         return run_child(argv[0], argv[1:])  # (workbench/children.py)
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
