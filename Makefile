@@ -3,7 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export CMAKE_ARGS
 
-.PHONY: run test setup setup-test setup-package lint bench screenshots package package-test clean
+.PHONY: run test setup setup-test setup-package lint bench screenshots package package-test \
+	deb-install-test clean
 
 run: setup
 	$(PY) -m workbench
@@ -48,6 +49,12 @@ package: setup-package
 # and checks every bundled ELF file's dependencies with ldd.
 package-test: package
 	bash packaging/linux/smoke_test.sh
+
+# The .deb that `make package` built, installed with apt on a clean Debian 12
+# (debootstrap; needs root and Debian's mirror), then the installed app's --self-test and
+# its removal. It does not rebuild the .deb: run it after `make package` (or package-test).
+deb-install-test:
+	bash packaging/linux/install_test.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
