@@ -166,3 +166,23 @@ def test_the_dialog_says_why_a_test_failed_and_forgets_models_when_the_key_chang
     dialog.reject()
     qtbot.waitUntil(lambda: fresh_window.connection_dialog is None)
     assert not fresh_window.engine.is_remote
+
+
+def test_compare_by_sampling_runs_on_the_server(
+        qtbot, fresh_window: MainWindow, faults: FaultServer) -> None:
+    window = fresh_window
+    with qtbot.waitSignal(window.engine.sig_loaded, timeout=10_000):
+        window.connect_to_server(RemoteConnection(faults.url, MODEL), None)
+    window.show_page("Compare")
+    page = window.compare
+    page.set_axis("model")  # greyed out on a server: sampling it is
+    assert page.axis_key() == "sampling"
+    page.prompt.setPlainText("Name a colour.")
+    with qtbot.waitSignal(window.compare_runner.sig_finished, timeout=20_000) as done:
+        assert page.run()
+    assert done.args == [True]
+    assert [c.done.text for c in page.columns] == ["Hello, world!"] * 2
+    # Both requests went to the server with the one seed; no model was loaded in between.
+    asked = faults.bodies[-2:]
+    assert [b["seed"] for b in asked] == [page.seed.value()] * 2
+    assert window.engine.is_remote and window.engine.model.name == MODEL

@@ -179,6 +179,10 @@ class ComparePage(QWidget):
         super().showEvent(event)
 
     def _on_axis_changed(self, *_args: object) -> None:
+        item = self.axis.model().item(self.axis.currentIndex())  # type: ignore[attr-defined]
+        if item is not None and not item.isEnabled():  # chosen in code: not on this engine
+            self.set_axis("sampling")
+            return
         if self.axis_key() == "adapter":
             self.refresh_adapters()
         for column in self.columns:
