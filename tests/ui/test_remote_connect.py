@@ -73,6 +73,10 @@ def test_test_connection_lists_models_and_connect_puts_the_chat_on_the_server(
         assert window.chat.send("Hi")
     assert window.store.messages(window.chat.conversation_id)[-1].content == "Hello, world!"
     assert faults.bodies[-1]["model"] == MODEL
+    # What the server does not report (size, context) is left out, not shown as 0.
+    label = window.panel.model_label.text()
+    assert f"on {faults.url}" in label and "0M params" not in label
+    assert window.chat.context_meter.format() == "4 tokens (context size not reported)"
 
 
 def test_what_a_server_cannot_do_is_shown_as_unavailable(

@@ -428,8 +428,13 @@ class ChatPage(QWidget):
         n_ctx = self.engine.model.n_ctx if self.engine.model else 0
         self.context_meter.setMaximum(max(n_ctx, 1))
         self.context_meter.setValue(min(self.n_ctx_used, max(n_ctx, 1)))
-        self.context_meter.setFormat(f"{self.n_ctx_used:,} / {n_ctx:,} tokens" if n_ctx
-                                     else "no model")
+        if n_ctx:
+            text = f"{self.n_ctx_used:,} / {n_ctx:,} tokens"
+        elif self.engine.model:  # a server that does not say its context size
+            text = f"{self.n_ctx_used:,} tokens (context size not reported)"
+        else:
+            text = "no model"
+        self.context_meter.setFormat(text)
 
     def _offer_context_choices(self, conversation_id: int, partial: bool) -> None:
         model = self.engine.model

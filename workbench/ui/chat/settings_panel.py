@@ -3,6 +3,7 @@ decoding knobs with presets. Each knob tells the explainer when it gets focus.""
 
 from __future__ import annotations
 
+import html
 from dataclasses import replace
 
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
@@ -166,11 +167,22 @@ class SettingsPanel(QScrollArea):
             self.model_label.setText({"loading": "Loading…", "crashed": "Engine stopped"}.get(
                 state, "No model loaded"))
             return
-        self.model_label.setText(
-            f"<b>{display_name(info)}</b><br>{info.architecture}, "
-            f"{info.n_params / 1e6:,.0f}M params, "
-            f"{info.size_bytes / 2**20:,.0f} MiB<br>context {info.n_ctx:,} "
-            f"(trained {info.n_ctx_train:,}) · format {info.template_name}")
+        # A server may not report some of these (0): they are left out, not shown as 0.
+        facts = [text for value, text in (
+            (info.architecture, info.architecture),
+            (info.n_params, f"{info.n_params / 1e6:,.0f}M params"),
+            (info.size_bytes, f"{info.size_bytes / 2**20:,.0f} MiB")) if value]
+        context = f"context {info.n_ctx:,}" if info.n_ctx else ""
+        if context and info.n_ctx_train:
+            context += f" (trained {info.n_ctx_train:,})"
+        where = info.metadata.get("server")
+        chat_format = ("the server applies its chat format" if info.template_origin == "server"
+                       else f"format {info.template_name}")
+        lines = [f"<b>{html.escape(display_name(info))}</b>", ", ".join(facts),
+                 " · ".join(t for t in (context, chat_format) if t)]
+        if where:
+            lines.append(f"on {html.escape(where)}")
+        self.model_label.setText("<br>".join(line for line in lines if line))
 
     # ------------------------------------------------------------ system prompt
 
