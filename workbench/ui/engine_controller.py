@@ -97,9 +97,6 @@ class EngineController(QObject):
         self._generation = 0  # which engine's events count; bumped by switch_engine
         self._closers: list[threading.Thread] = []  # replaced engines shutting down
         self.engine = make_engine(self._callback_for(self._generation))
-        remote = isinstance(self.engine, RemoteEngine)
-        self.kind = "remote" if remote else "local"
-        self.remote_url: str | None = self.engine.base_url if remote else None
         self.state = "empty"
         self.model: ModelInfo | None = None
         self.spec: LoadSpec | None = None
@@ -157,16 +154,12 @@ class EngineController(QObject):
             closer.join(CLOSE_WAIT_S)
         self._closers = [c for c in self._closers if c.is_alive()]
 
-    def switch_engine(self, make_engine: EngineFactory, kind: str, *,
-                      remote_url: str | None = None) -> None:
-        """Replace the engine with `make_engine(callback)`: "local" or "remote".
+    def switch_engine(self, make_engine: EngineFactory) -> None:
+        """Replace the engine with `make_engine(callback)` (a LocalEngine or RemoteEngine).
 
         A running reply is cancelled and the old engine closed (in the background, so a slow
         shutdown does not freeze the window); nothing it sends afterwards is delivered. The
-        controller starts over with no model ("empty"): the caller loads one next.
-        `remote_url` defaults to the new engine's `base_url` for a remote engine."""
-        if kind not in ("local", "remote"):
-            raise ValueError(f"unknown engine kind {kind!r}")
+        controller starts over with no model ("empty"): the caller loads one next."""
         generation = self._generation + 1
         # Made first: if it fails (a malformed address), the old engine stays in place.
         engine = make_engine(self._callback_for(generation))
@@ -179,9 +172,6 @@ class EngineController(QObject):
                                   name="engine-close", daemon=True)
         closer.start()
         self._closers = [c for c in self._closers if c.is_alive()] + [closer]
-        self.kind = kind
-        self.remote_url = ((remote_url or getattr(engine, "base_url", None))
-                           if kind == "remote" else None)
         self.model = None
         self.spec = None
         self.adapters = ()
@@ -190,7 +180,7 @@ class EngineController(QObject):
         # Always said, even from "empty": the pages show which engine they are on.
         self.state = "empty"
         self.sig_state_changed.emit("empty")
-        self.sig_engine_switched.emit(kind)
+        self.sig_engine_switched.emit(self.kind)
 
     @staticmethod
     def _close_quietly(engine: Engine) -> None:
@@ -204,7 +194,18 @@ class EngineController(QObject):
 
     @property
     def is_remote(self) -> bool:
-        return self.kind == "remote"
+        return isinstance(self.engine, RemoteEngine)
+
+    @property
+    def kind(self) -> str:
+        """'local' | 'remote'."""
+        return "remote" if self.is_remote else "local"
+
+    @property
+    def remote_url(self) -> str | None:
+        """The API address of the server, when on one."""
+        engine = self.engine
+        return engine.base_url if isinstance(engine, RemoteEngine) else None
 
     def unavailable(self, feature: str) -> str | None:
         """Why `feature` (a LOCAL_ONLY key) cannot be used on this engine; None if it can."""

@@ -233,9 +233,7 @@ class MainWindow(QMainWindow):
     def connect_to_server(self, conn: RemoteConnection, api_key: str | None) -> bool:
         """Chat with `conn.model_id` on its server from now on (a reply in progress is
         stopped; conversations stay). False, and says why, for an unusable address."""
-        if self.chat.active is not None:
-            self.chat.stop()
-        self.compare_runner.stop()
+        self._stop_replies()
         try:
             connect_remote(self.engine, conn, api_key)
         except Exception as exc:  # httpx's InvalidURL: the old engine stays in place
@@ -247,11 +245,15 @@ class MainWindow(QMainWindow):
 
     def use_local_engine(self) -> None:
         """Leave the server: back to the local engine and the last local model."""
+        self._stop_replies()
+        use_local(self.engine)
+        self.start_local()
+
+    def _stop_replies(self) -> None:
+        """Stop the chat's reply and a comparison (before the engine changes or closes)."""
         if self.chat.active is not None:
             self.chat.stop()
         self.compare_runner.stop()
-        use_local(self.engine)
-        self.start_local()
 
     def _on_engine_switched(self, _kind: str) -> None:
         self.panel.show_remote(self.engine.unavailable("load_settings"))
@@ -499,9 +501,7 @@ class MainWindow(QMainWindow):
             self.chat.splitter.restoreState(splitter)
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.chat.active is not None:
-            self.chat.stop()
-        self.compare_runner.stop()
+        self._stop_replies()
         self.server.server.shutdown()  # stop listening, cancel its replies, free the engine
         qs = self._qsettings()
         qs.setValue("geometry", self.saveGeometry())

@@ -30,7 +30,7 @@ def connect_remote(controller: EngineController, conn: RemoteConnection,
     def make(callback: EventCallback) -> RemoteEngine:
         return RemoteEngine(callback, url, api_key or None, timeout=conn.timeout_s)
 
-    controller.switch_engine(make, "remote", remote_url=url)
+    controller.switch_engine(make)
     controller.load(LoadSpec(conn.model_id))
     # Recent first, and "on a remote server" for the next start (the key stays in the
     # keyring: the dialog put it there).
@@ -44,7 +44,7 @@ def use_local(controller: EngineController) -> bool:
     set_use_remote(False)
     if not controller.is_remote:
         return False
-    controller.switch_engine(LocalEngine, "local")
+    controller.switch_engine(LocalEngine)
     return True
 
 

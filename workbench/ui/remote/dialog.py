@@ -7,7 +7,6 @@ the dialog in words. Connecting needs a model, so OK stays disabled until one is
 
 from __future__ import annotations
 
-import contextlib
 import html
 
 from PySide6.QtCore import Qt, Signal
@@ -34,7 +33,6 @@ from workbench.engine.remote_settings import (
     RemoteConnection,
     load_recent,
     normalised_url,
-    remember,
 )
 from workbench.ui.tasks import op
 
@@ -184,11 +182,9 @@ class ConnectionDialog(QDialog):
     def accept(self) -> None:
         if not self.model_id() or self._testing:
             return
-        conn = self.connection()
-        # The key goes to the keyring (an empty field removes a stored one), never to a file.
-        set_api_key(conn.base_url, self.key_edit.text())
-        with contextlib.suppress(OSError):  # not remembered is no reason to refuse it
-            remember(conn)
+        # The key goes to the keyring (an empty field removes a stored one), never to a file;
+        # the connection itself is remembered once it is made (ui.remote.connect).
+        set_api_key(self.connection().base_url, self.key_edit.text())
         super().accept()
 
     def done(self, result: int) -> None:

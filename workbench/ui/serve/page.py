@@ -56,7 +56,7 @@ class ServerPage(QWidget):
         self.show_engine()
 
     def show_engine(self) -> None:
-        url = getattr(self.engine, "remote_url", None)
+        url = self.engine.remote_url
         model = self.engine.model.name if self.engine.model else "no model yet"
         if url:
             self.engine_label.setText(f"Chatting with <b>{html.escape(model)}</b> on "
