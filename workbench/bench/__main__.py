@@ -10,11 +10,11 @@ import argparse
 import json
 import sys
 
-from workbench.bench import download, fit, stop, throughput, turns
+from workbench.bench import download, faults, fit, stop, throughput, turns
 
 BENCHMARKS = {
     "throughput": throughput.run, "turns": turns.run, "stop": stop.run, "fit": fit.run,
-    "download": download.run,
+    "download": download.run, "faults": faults.run,
 }
 
 

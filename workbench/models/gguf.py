@@ -22,6 +22,12 @@ GGUF_MAGIC = b"GGUF"
 MAX_KV = 1 << 20
 MAX_TENSORS = 1 << 22
 MAX_DIMS = 8
+# llama.cpp's GGML_MAX_NAME: it refuses a tensor name of this many bytes or more.
+MAX_TENSOR_NAME = 64
+# A vocabulary with a repeated token makes llama.cpp abort the whole process (an assert in
+# its vocabulary loader), so it is refused here. Vocabulary types with no token list skip it.
+VOCAB_KEY = "tokenizer.ggml.tokens"
+_NO_VOCAB = ("none", "no_vocab")
 # Real files nest arrays at most once; a deeper nest is damage, and unbounded recursion
 # would end in RecursionError instead of a message.
 MAX_ARRAY_NESTING = 4
@@ -55,6 +61,12 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
 
 class GGUFError(Exception):
     """The file cannot be used as a model. The message says why and what to do."""
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """Text read from a possibly damaged file, fit for a message: quoted, control
+    characters escaped, cut short."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 @runtime_checkable
@@ -234,6 +246,8 @@ class _Reader:
         self.pos = 0
         self._buf = b""
         self._buf_start = 0
+        # The first repeat in a list read with unique=True: (first index, repeat, text).
+        self.repeated: tuple[int, int, str] | None = None
 
     def _truncated(self, detail: str = "") -> GGUFError:
         return GGUFError(
@@ -265,7 +279,10 @@ class _Reader:
         n = self.unpack("<Q")
         return self.take(n).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep_array_items: int = 16, depth: int = 0) -> Any:
+    def value(self, vtype: int, keep_array_items: int = 16, depth: int = 0,
+              unique: bool = False) -> Any:
+        """One value of type `vtype`; `unique`: a list of strings none of which may repeat
+        (the first repeat is kept in `repeated`)."""
         if vtype in _SCALARS:
             return self.unpack(_SCALARS[vtype])
         if vtype == _STRING:
@@ -287,6 +304,8 @@ class _Reader:
                     for i in range(min(length, keep_array_items))
                 )
                 return ArraySummary(item_type, length, head)
+            if item_type == _STRING and unique:
+                return self._unique_strings(length, keep_array_items)
             head_items = []
             for i in range(length):
                 item = self.value(item_type, keep_array_items=0, depth=depth + 1)
@@ -294,6 +313,20 @@ class _Reader:
                     head_items.append(item)
             return ArraySummary(item_type, length, tuple(head_items))
         raise GGUFError(f"{self.name} has a damaged header (unknown value type {vtype}).")
+
+    def _unique_strings(self, length: int, keep: int) -> ArraySummary:
+        # Compared as bytes: decoding replaces invalid UTF-8, which would make different
+        # tokens look alike. Empty ones are exempt: llama.cpp renames them.
+        first: dict[bytes, int] = {}
+        head = []
+        for i in range(length):
+            raw = self.take(self.unpack("<Q"))
+            if i < keep:
+                head.append(raw.decode("utf-8", errors="replace"))
+            seen = first.setdefault(raw, i)
+            if seen != i and raw and self.repeated is None:
+                self.repeated = (seen, i, raw.decode("utf-8", errors="replace"))
+        return ArraySummary(_STRING, length, tuple(head))
 
 
 def _alignment(metadata: dict[str, Any], name: str) -> int:
@@ -309,6 +342,9 @@ def parse_source(source: ByteSource) -> GGUFHeader:
     """Read one file's header; no truncation check (see check_complete)."""
     r = _Reader(source)
     name = source.name
+    if source.size == 0:
+        raise GGUFError(f"{name} is empty (0 bytes): an interrupted download or copy? "
+                        "Download it again.")
     magic = r.take(4) if source.size >= 4 else source.read(0, 4)
     if magic != GGUF_MAGIC:
         raise GGUFError(
@@ -333,15 +369,23 @@ def parse_source(source: ByteSource) -> GGUFHeader:
         source_name=str(path) if isinstance(source, FileSource) else name)
     for _ in range(n_kv):
         key = r.string()
-        header.metadata[key] = r.value(r.unpack("<I"))
+        header.metadata[key] = r.value(r.unpack("<I"), unique=key == VOCAB_KEY)
+    _check_vocabulary(header, r.repeated, name)
     seen: set[str] = set()
-    for _ in range(n_tensors):
-        tname = r.string()
+    for i in range(n_tensors):
+        n_name = r.unpack("<Q")
+        if n_name >= MAX_TENSOR_NAME:
+            raise GGUFError(f"{name} has a damaged tensor table (the name of tensor {i:,} "
+                            f"is {n_name:,} bytes long; llama.cpp allows "
+                            f"{MAX_TENSOR_NAME - 1}). Download it again.")
+        tname = r.take(n_name).decode("utf-8", errors="replace")
         n_dims = r.unpack("<I")
         if n_dims > MAX_DIMS:
-            raise GGUFError(f"{name} has a damaged tensor table ({tname}: {n_dims} dims).")
+            raise GGUFError(
+                f"{name} has a damaged tensor table ({_shown(tname)}: {n_dims} dims).")
         if tname in seen:
-            raise GGUFError(f"{name} has a damaged tensor table ({tname} appears twice).")
+            raise GGUFError(
+                f"{name} has a damaged tensor table ({_shown(tname)} appears twice).")
         seen.add(tname)
         shape = tuple(r.unpack("<Q") for _ in range(n_dims))
         header.tensors.append(TensorInfo(tname, shape, r.unpack("<I"), r.unpack("<Q")))
@@ -349,6 +393,18 @@ def parse_source(source: ByteSource) -> GGUFHeader:
     header.data_offset = r.pos + (-r.pos % alignment)
     header.parts = [PartInfo(name, source.size, header.data_offset)]
     return header
+
+
+def _check_vocabulary(header: GGUFHeader, repeated: tuple[int, int, str] | None,
+                      name: str) -> None:
+    if repeated is None or header.metadata.get("tokenizer.ggml.model") in _NO_VOCAB:
+        return
+    first, again, text = repeated
+    raise GGUFError(
+        f"{name} has a damaged vocabulary: tokens {first:,} and {again:,} are both "
+        f"{_shown(text)}. llama.cpp cannot load a vocabulary with a repeated token (it "
+        "would stop instead of loading). Download the file again, or use another "
+        "conversion of the model.")
 
 
 def check_complete(header: GGUFHeader, part: int = 0) -> None:
