@@ -5,6 +5,7 @@ test depends on whether the machine has one."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,41 @@ from keyring.backends import fail
 from keyring.errors import PasswordDeleteError
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# Optional extras and the modules each brings. A test that needs one is marked with its
+# name (`@pytest.mark.train`) and skips without it, saying which extra and how to add it;
+# WORKBENCH_REQUIRE_EXTRAS=train (CI, after installing it) turns a missing one into an
+# error, so a broken install cannot pass as a run of skips.
+EXTRAS = {"train": ("torch", "transformers", "peft")}
+
+
+def missing_extra(extra: str) -> list[str]:
+    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+
+
+def extra_skip_reason(extra: str) -> str:
+    return (f"needs the optional {extra} extra ({', '.join(EXTRAS[extra])}): "
+            f"make test WORKBENCH_EXTRAS={extra}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    required = [e for e in os.environ.get("WORKBENCH_REQUIRE_EXTRAS", "").split(",") if e]
+    for extra in required:
+        if extra not in EXTRAS:
+            raise pytest.UsageError(f"WORKBENCH_REQUIRE_EXTRAS: no extra named {extra!r}")
+        if missing := missing_extra(extra):
+            raise pytest.UsageError(f"WORKBENCH_REQUIRE_EXTRAS={extra}, but "
+                                    f"{', '.join(missing)} cannot be imported")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for extra in EXTRAS:
+        if not missing_extra(extra):
+            continue
+        skip = pytest.mark.skip(reason=extra_skip_reason(extra))
+        for item in items:
+            if item.get_closest_marker(extra) is not None:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

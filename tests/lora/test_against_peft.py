@@ -22,10 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-peft = pytest.importorskip("peft")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytestmark = [pytest.mark.engine,
+from tests.conftest import extra_skip_reason
+
+WITHOUT_TRAIN = extra_skip_reason("train")
+peft = pytest.importorskip("peft", reason=WITHOUT_TRAIN)
+torch = pytest.importorskip("torch", reason=WITHOUT_TRAIN)
+transformers = pytest.importorskip("transformers", reason=WITHOUT_TRAIN)
+pytestmark = [pytest.mark.engine, pytest.mark.train,
               # peft calls a transformers API that transformers 5 deprecates; not ours to fix.
               pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning"),
               pytest.mark.filterwarnings("ignore:Could not find a config file:UserWarning")]

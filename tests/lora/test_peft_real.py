@@ -13,11 +13,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-peft = pytest.importorskip("peft")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests.conftest import extra_skip_reason
+
+WITHOUT_TRAIN = extra_skip_reason("train")
+peft = pytest.importorskip("peft", reason=WITHOUT_TRAIN)
+torch = pytest.importorskip("torch", reason=WITHOUT_TRAIN)
+transformers = pytest.importorskip("transformers", reason=WITHOUT_TRAIN)
 # peft calls a transformers API that transformers 5 deprecates; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+pytestmark = [pytest.mark.train,
+              pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")]
 
 from tests.lora.fakes import read_gguf_tensors, write_base_gguf  # noqa: E402
 from workbench.lora.gguf_lora import read_adapter  # noqa: E402

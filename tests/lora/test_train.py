@@ -26,6 +26,7 @@ from workbench.engine.protocol import (
     Sampling,
 )
 from workbench.engine.templates import ResolvedTemplate, resolve_template
+from workbench.installation import DISTRIBUTION
 from workbench.lora import train
 from workbench.lora.chat_examples import (
     IGNORE,
@@ -50,8 +51,6 @@ from workbench.lora.train import (
 )
 
 CHATML = resolve_template({}, "chatml", lambda _text: False)
-NEEDS_TRAIN = pytest.mark.skipif(train_available() is not None,
-                                 reason="the train extra (torch, transformers, peft) is missing")
 GREEDY = Sampling(temperature=0.0, max_tokens=16, seed=1)
 ASK = [ChatMessage("user", "What is the secret password?")]
 
@@ -279,11 +278,19 @@ def test_train_available_says_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
     found = object()  # a spec, as far as train_available cares
     monkeypatch.setattr(train.importlib.util, "find_spec",
                         lambda name, *a: None if name == "peft" else found)
-    text = train_available()
+    text = train_available("package")
     assert text is not None
     assert text.startswith("Training needs peft, which is not installed")
-    assert 'pip install "workbench[train]"' in text
-    assert ".venv/bin/pip install -e '.[train]'" in text and "torch==2.13.0" in text
+    # Our own distribution name: PyPI's "workbench" is somebody else's project.
+    assert f'pip install "{DISTRIBUTION}[train]"' in text and '"workbench[' not in text
+    assert "download.pytorch.org/whl/cpu" in text
+    # From a checkout: the exact make command; from an installer: not in this download.
+    assert "make run WORKBENCH_EXTRAS=train" in (train_available("checkout") or "")
+    assert "pip install" not in (train_available("checkout") or "")
+    installer = train_available("installer") or ""
+    assert "not included in this download" in installer and "pip install" not in installer
+    # This test runs from the checkout, so that is what the default says.
+    assert train_available() == train_available("checkout")
     monkeypatch.setattr(train.importlib.util, "find_spec", lambda name, *a: None)
     assert "torch, transformers, peft, which are not" in (train_available() or "")
     monkeypatch.setattr(train.importlib.util, "find_spec", lambda name, *a: found)
@@ -386,6 +393,7 @@ def events_of(trained: TrainedMarker) -> list[TrainEvent]:
     return [e for e in map(parse_progress_line, trained.lines) if e is not None]
 
 
+@pytest.mark.train
 def test_training_the_marker_lowers_the_loss_and_writes_the_adapter(
         trained_marker: TrainedMarker) -> None:
     from workbench.lora.gguf_lora import read_adapter
@@ -431,6 +439,7 @@ def set_live(engine: BlockingEngine, adapters: list[AdapterSetting]) -> Adapters
 
 
 @pytest.mark.engine
+@pytest.mark.train
 def test_the_trained_adapter_answers_with_the_marker(trained_marker: TrainedMarker,
                                                      engine: BlockingEngine) -> None:
     assert trained_marker.returncode == 0, trained_marker.stderr[-3000:]
@@ -451,7 +460,7 @@ def test_the_trained_adapter_answers_with_the_marker(trained_marker: TrainedMark
     set_live(engine, [])
 
 
-@NEEDS_TRAIN
+@pytest.mark.train
 def test_cancelling_leaves_nothing_in_the_output_folder(builtin_model: Path,
                                                         tmp_path: Path) -> None:
     """Terminate the child as soon as it reports: it stops, and out_dir holds nothing."""

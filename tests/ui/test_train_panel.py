@@ -3,19 +3,15 @@ with it (torch, transformers and peft run in the child process only)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
+from workbench.installation import extra_hint
 from workbench.lora.train import TrainEvent
 from workbench.settings import data_dir
 from workbench.ui.lora import train_panel
 from workbench.ui.main_window import MainWindow
-
-needs_train_extra = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "peft")),
-    reason="the optional train extra (torch, transformers, peft) is not installed")
 
 
 @pytest.fixture
@@ -36,10 +32,10 @@ def _small(panel: train_panel.TrainPanel) -> None:
 
 def test_without_the_extra_the_panel_says_how_to_enable_it(qtbot, fresh_window) -> None:
     panel = fresh_window.adapters.train
-    panel.show_availability("Training needs torch, which is not installed. pip install "
-                            '"workbench[train]"')
+    panel.show_availability("Training needs torch, which is not installed.\n"
+                            + extra_hint("train", "checkout"))
     assert not panel.controls.isEnabled() and not panel.unavailable.isHidden()
-    assert "workbench[train]" in panel.unavailable.text()
+    assert "make run WORKBENCH_EXTRAS=train" in panel.unavailable.text()
 
 
 def test_events_drive_the_progress_bar_and_the_loss_plot(qtbot, fresh_window) -> None:
@@ -68,7 +64,7 @@ def test_bad_examples_are_refused_before_anything_starts(qtbot, window, tmp_path
     assert not panel.running
 
 
-@needs_train_extra
+@pytest.mark.train
 def test_a_short_run_adds_and_applies_the_adapter(qtbot, window) -> None:
     panel = window.adapters.train
     _small(panel)
@@ -83,7 +79,7 @@ def test_a_short_run_adds_and_applies_the_adapter(qtbot, window) -> None:
     assert json.loads((data_dir() / "adapters" / ".tiny.train.json").read_text())["rank"] == 2
 
 
-@needs_train_extra
+@pytest.mark.train
 def test_cancel_stops_and_keeps_nothing(qtbot, window) -> None:
     panel = window.adapters.train
     _small(panel)

