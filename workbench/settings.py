@@ -13,6 +13,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from workbench.engine.limits import (
+    LOAD_LIMITS,
+    MAX_STOPS,
+    SAMPLING_LIMITS,
+    clamp_fields,
+)
 from workbench.engine.protocol import AdapterSetting, LoadSpec, Sampling
 from workbench.models.fit import FitRequest
 
@@ -40,6 +46,9 @@ def config_dir() -> Path:
 
 
 _LOAD_DEFAULTS = LoadSpec(model_path="")
+# The engine's load limits; here the GPU layers may also be None: "as many as fit".
+MODEL_SETTINGS_LIMITS = {**LOAD_LIMITS, "n_gpu_layers": replace(LOAD_LIMITS["n_gpu_layers"],
+                                                                 optional=True)}
 
 
 @dataclass(frozen=True)
@@ -90,27 +99,62 @@ class Settings:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Settings:
+    def from_json(cls, data: dict[str, Any], notes: list[str] | None = None) -> Settings:
         """Tolerant: unknown keys are dropped, missing keys take defaults, a bad value
-        falls back to the default rather than refusing to start."""
+        falls back to the default rather than refusing to start, and a value outside its
+        range (engine/limits.py) is clamped into it; each change is added to `notes`."""
+        notes = [] if notes is None else notes
         defaults = cls()
         known = {f.name for f in fields(cls)}
         kwargs: dict[str, Any] = {k: v for k, v in data.items() if k in known}
-        try:
-            model_fields = {f.name for f in fields(ModelSettings)}
-            kwargs["model"] = ModelSettings(
-                **{k: v for k, v in dict(data.get("model") or {}).items() if k in model_fields}
-            )
-        except TypeError:
-            kwargs["model"] = defaults.model
-        try:
-            kwargs["sampling"] = Sampling.from_dict(dict(data.get("sampling") or {}))
-        except TypeError:
-            kwargs["sampling"] = defaults.sampling
+        kwargs["model"] = _model_from_json(_as_dict(data.get("model")), notes)
+        kwargs["sampling"] = _sampling_from_json(_as_dict(data.get("sampling")), notes,
+                                                 "Sampling:")
+        presets = _as_dict(data.get("user_presets"))
+        kwargs["user_presets"] = {
+            str(name): _sampling_from_json(_as_dict(preset), notes,
+                                           f"Preset “{name}”:").to_dict()
+            for name, preset in presets.items()}
         kwargs["library_folders"] = tuple(str(f) for f in data.get("library_folders") or ())
         kwargs["adapters"] = _adapters_from_json(data.get("adapters"))
         kwargs["schema_version"] = SCHEMA_VERSION
         return replace(defaults, **kwargs)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _known(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _model_from_json(data: dict[str, Any], notes: list[str]) -> ModelSettings:
+    values, changed = clamp_fields(_known(data, ModelSettings), ModelSettings,
+                                   MODEL_SETTINGS_LIMITS, "Model:")
+    notes.extend(changed)
+    if values.get("type_v", "f16") != "f16" and not values.get("flash_attn", False):
+        values["flash_attn"] = True
+        notes.append(f"Model: a {values['type_v']} V cache needs flash attention, which is "
+                     "now on.")
+    template = values.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        values["chat_template"] = None
+    return ModelSettings(**values)
+
+
+def _sampling_from_json(data: dict[str, Any], notes: list[str], where: str) -> Sampling:
+    values, changed = clamp_fields(_known(data, Sampling), Sampling, SAMPLING_LIMITS, where)
+    notes.extend(changed)
+    stop = values.get("stop", [])
+    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) for s in stop):
+        notes.append(f"{where} stop was {stop!r}, not a list of strings; it is now empty.")
+        values["stop"] = ()
+    elif len(stop) > MAX_STOPS:
+        notes.append(f"{where} {len(stop)} stop strings; the first {MAX_STOPS} are kept.")
+        values["stop"] = tuple(stop[:MAX_STOPS])
+    return Sampling.from_dict(values)
 
 
 def _adapters_from_json(raw: Any) -> tuple[AdapterSetting, ...]:
@@ -128,8 +172,12 @@ def _adapters_from_json(raw: Any) -> tuple[AdapterSetting, ...]:
 class SettingsStore:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or config_dir() / "settings.json"
+        # What the last load() changed to make the file's values valid, in words. The
+        # corrected settings are saved at once, so the app says so once, not every start.
+        self.corrections: list[str] = []
 
     def load(self) -> Settings:
+        self.corrections = []
         try:
             data = json.loads(self.path.read_text("utf-8"))
         except FileNotFoundError:
@@ -140,7 +188,10 @@ class SettingsStore:
             return Settings()
         if not isinstance(data, dict):
             return Settings()
-        return Settings.from_json(migrate(data))
+        settings = Settings.from_json(migrate(data), self.corrections)
+        if self.corrections:
+            self.save(settings)
+        return settings
 
     def save(self, settings: Settings) -> None:
         """Atomic write: a crash mid-save leaves the old file intact."""

@@ -58,6 +58,14 @@ class Sampling:
     max_tokens: int = 1024
     stop: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # An empty stop string would end every reply before its first token: such entries
+        # (a blank line in the stop box, "" from an API client) are dropped here, where
+        # every Sampling is made. Ranges are checked by the engines (engine/limits.py).
+        if isinstance(self.stop, tuple | list) and (
+                isinstance(self.stop, list) or "" in self.stop):
+            object.__setattr__(self, "stop", tuple(s for s in self.stop if s != ""))
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["stop"] = list(self.stop)
@@ -68,8 +76,6 @@ class Sampling:
         """Build from stored settings, ignoring unknown keys (older or newer versions)."""
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if "stop" in kwargs:
-            kwargs["stop"] = tuple(kwargs["stop"])
         return cls(**kwargs)
 
 
@@ -245,12 +251,16 @@ class EngineError:
     """A request failed; the engine is still alive. Texts are written for users."""
 
     request_id: int
-    # "load_failed" | "not_loaded" | "context_full" | "template" | "busy" | "unsupported"
-    # | "adapter" | "internal"; from a remote server also "connection" | "timeout" | "auth"
-    # | "not_found" | "rate_limited" | "server" | "bad_request" | "protocol" (remote_http)
+    # "load_failed" | "invalid_load" | "invalid_sampling" | "not_loaded" | "context_full"
+    # | "template" | "busy" | "unsupported" | "adapter" | "internal"; from a remote server
+    # also "connection" | "timeout" | "auth" | "not_found" | "rate_limited" | "server"
+    # | "bad_request" | "protocol" (remote_http)
     kind: str
     message: str
     hint: str = ""
+    # For a failed load: the model the engine holds afterwards (the one that was loaded
+    # before, kept or loaded again), or None when it holds none.
+    still_loaded: ModelInfo | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from workbench.engine.limits import sampling_error
 from workbench.engine.protocol import (
     AdapterSetting,
     AdaptersSet,
@@ -189,6 +190,9 @@ class RemoteEngine(Engine):
 
     def _chat_body(self, messages: Sequence[ChatMessage], sampling: Sampling, *,
                    stream: bool, fresh: bool = False) -> dict[str, Any]:
+        # Refused here as the local engine refuses it: servers differ in what they accept.
+        if (refusal := sampling_error(0, sampling)) is not None:
+            raise RemoteError(refusal.kind, refusal.message, refusal.hint)
         body: dict[str, Any] = {
             "model": self._need_model(),
             "messages": [{"role": m.role, "content": m.content} for m in messages],

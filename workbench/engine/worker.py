@@ -18,14 +18,18 @@ import random
 import sys
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import Client, Connection
 from typing import Any, BinaryIO
 
 from workbench.engine import distribution, wire
 from workbench.engine.adapters import AdapterSlots
 from workbench.engine.generation import Generation, TokenText
+from workbench.engine.limits import load_error, sampling_error
+from workbench.engine.loading import LoadFailure, open_llama
 from workbench.engine.perplexity import score_text
 from workbench.engine.protocol import (
+    AdapterSetting,
     AdaptersSet,
     ChatDone,
     ChatMessage,
@@ -47,9 +51,7 @@ from workbench.engine.templates import (
     resolve_template,
 )
 from workbench.lora.gguf_lora import AdapterError
-from workbench.models.gguf import GGUFError, read_header
-
-_KV_TYPES = {"f16": 1, "q4_0": 2, "q8_0": 8}
+from workbench.models.gguf import GGUFError, GGUFHeader, read_header
 
 
 def default_threads() -> int:
@@ -79,6 +81,9 @@ class Worker:
         self.add_bos = False
         # LoRA adapters read for the loaded model and those applied now; they go with it.
         self.adapters: AdapterSlots | None = None
+        self.applied: tuple[AdapterSetting, ...] = ()  # as last requested and applied
+        self.header: GGUFHeader | None = None  # of the loaded model
+        self.info: ModelInfo | None = None  # of the loaded model, as Loaded reported it
 
     # ------------------------------------------------------------ plumbing
 
@@ -134,6 +139,8 @@ class Worker:
         # Freeing the model frees its adapters (llama_model's destructor deletes the ones
         # still registered with it): forget the pointers, never free them again.
         self.adapters = None
+        self.applied = ()
+        self.info = None
         if self.llm is not None:
             with contextlib.suppress(Exception):
                 self.llm.close()
@@ -141,39 +148,52 @@ class Worker:
             gc.collect()
 
     def on_load(self, req: wire.LoadRequest) -> None:
-        spec = req.spec
+        """Load req.spec. If it fails, the model loaded before is loaded again (with its
+        adapters), so a setting that does not fit never costs the user the model they
+        were chatting with; the error says which model the engine holds."""
+        spec, rid = req.spec, req.request_id
+        if (refusal := load_error(rid, spec)) is not None:
+            self.send(replace(refusal, still_loaded=self.info))
+            return
         try:
             header = read_header(spec.model_path)
-        except GGUFError as exc:
-            self.send(EngineError(req.request_id, "load_failed", str(exc),
-                                  "Choose another model file, or download this one again."))
+        except GGUFError as exc:  # nothing was unloaded: the model in use stays
+            self.send(EngineError(rid, "load_failed", str(exc),
+                                  "Choose another model file, or download this one again.",
+                                  still_loaded=self.info))
             return
+        previous = (self.spec, self.header, self.applied) if self.llm is not None else None
         self.unload_model()
-        from llama_cpp import Llama
+        self.spec = self.template = None
+        try:
+            self._open(spec, header)
+        except LoadFailure as exc:
+            self.send(EngineError(rid, exc.kind, exc.message, exc.hint,
+                                  still_loaded=self._restore(previous)))
+            return
+        self.send(Loaded(rid, self.info))
 
+    def _restore(self, previous: tuple[LoadSpec | None, GGUFHeader | None,
+                                       tuple[AdapterSetting, ...]] | None) -> ModelInfo | None:
+        """Load the model of `previous` again, with its adapters; its info, or None."""
+        if previous is None or previous[0] is None or previous[1] is None:
+            return None
+        spec, header, adapters = previous
+        try:
+            self._open(spec, header)
+        except LoadFailure:
+            return None
+        if adapters and self.adapters is not None:
+            with contextlib.suppress(AdapterError):
+                self.adapters.apply(adapters)
+                self.applied = adapters
+        return self.info
+
+    def _open(self, spec: LoadSpec, header: GGUFHeader) -> None:
+        """Open `spec` with llama.cpp and make it the loaded model; raises LoadFailure."""
         threads = spec.n_threads or default_threads()
         started = time.perf_counter()
-        try:
-            llm = Llama(
-                model_path=spec.model_path,
-                n_ctx=spec.n_ctx,
-                n_gpu_layers=spec.n_gpu_layers,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_batch=spec.n_batch,
-                n_ubatch=spec.n_ubatch,
-                flash_attn=spec.flash_attn,
-                type_k=_KV_TYPES[spec.type_k],
-                type_v=_KV_TYPES[spec.type_v],
-                verbose=False,
-            )
-        except Exception as exc:
-            self.send(EngineError(
-                req.request_id, "load_failed",
-                f"llama.cpp could not load {header.path.name}: {exc}",
-                "The file may be damaged or made for a newer llama.cpp. Try a smaller context "
-                "or another quantization of the model."))
-            return
+        llm = open_llama(spec, header, threads)
         try:
             template = resolve_template(
                 {k: str(v) for k, v in llm.metadata.items()},
@@ -182,17 +202,16 @@ class Worker:
             )
         except TemplateError as exc:
             llm.close()
-            self.send(EngineError(req.request_id, "template", str(exc),
-                                  "Choose a chat format in the model settings."))
-            return
-        self.llm, self.spec, self.template = llm, spec, template
+            raise LoadFailure("template", str(exc),
+                              "Choose a chat format in the model settings.") from exc
+        self.llm, self.spec, self.header, self.template = llm, spec, header, template
         # Adapters are checked against this header (all parts, for a split model, once one
         # is needed).
         self.adapters = AdapterSlots(llm, spec.model_path, header)
         self.bos_text = self._token_text(llm, llm.token_bos())
         self.eos_text = self._token_text(llm, llm.token_eos())
         self.add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")) == "true"
-        info = ModelInfo(
+        self.info = ModelInfo(
             path=spec.model_path,
             name=header.name,
             architecture=header.architecture,
@@ -207,7 +226,6 @@ class Worker:
             load_seconds=time.perf_counter() - started,
             metadata={k: str(v)[:2000] for k, v in llm.metadata.items()},
         )
-        self.send(Loaded(req.request_id, info))
 
     @staticmethod
     def _token_text(llm: Any, token: int) -> str:
@@ -227,6 +245,9 @@ class Worker:
         if self.llm is None or self.template is None:
             self.send(EngineError(req.request_id, "not_loaded", "No model is loaded.",
                                   "Load a model first."))
+            return
+        if (refusal := sampling_error(req.request_id, req.sampling)) is not None:
+            self.send(refusal)
             return
         with self.cancel_lock:
             self.cancel_event.clear()
@@ -348,6 +369,9 @@ class Worker:
             self.send(EngineError(req.request_id, "not_loaded", "No model is loaded.",
                                   "Load a model first."))
             return
+        if (refusal := sampling_error(req.request_id, req.sampling)) is not None:
+            self.send(refusal)
+            return
         built = self._build_prompt(req.request_id, req.messages)
         if built is None:
             return
@@ -400,6 +424,7 @@ class Worker:
         except AdapterError as exc:
             self.send(EngineError(req.request_id, "adapter", exc.message, exc.hint))
             return
+        self.applied = tuple(req.adapters)
         if changed:
             # Every logit changes with the adapters, so nothing cached holds: the next
             # chat, distribution or perplexity evaluates its prompt from scratch.

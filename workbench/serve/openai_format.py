@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from workbench.engine.limits import C_INT_MAX, MAX_STOPS, SAMPLING_LIMITS, Limit
 from workbench.engine.protocol import ChatDone, ChatMessage, EngineError, Sampling
 
 # No max_tokens: the reply may run until the context is full, as with OpenAI's API.
-UNLIMITED_TOKENS = 1 << 30
+UNLIMITED_TOKENS = int(SAMPLING_LIMITS["max_tokens"].maximum)
 FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "length": "length",
                   "context_full": "length", "cancelled": "stop"}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-MAX_STOPS = 16
 
 
 class ApiError(Exception):
@@ -52,20 +52,20 @@ def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, param=param)
 
 
-def _number(body: dict[str, Any], name: str, *, lo: float | None = None,
-            hi: float | None = None, integer: bool = False) -> float | int | None:
+def _number(body: dict[str, Any], name: str, limit: Limit, *,
+            field: str | None = None) -> float | int | None:
+    """The request's `name` checked against the engine's range of Sampling.`field`."""
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad(f"'{name}' must be a number.", name)
-    if integer:
+    if limit.integer or limit.choices:
         if isinstance(value, float) and not value.is_integer():
             raise bad(f"'{name}' must be an integer.", name)
         value = int(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-        raise bad(f"'{name}' must be {span}; got {value}.", name)
+    if not limit.allows(value):
+        raise bad(f"'{name}' must be {limit.describe()}; got {value}.", name)
     return value
 
 
@@ -112,39 +112,38 @@ def _stops(raw: Any) -> tuple[str, ...]:
         raise bad("'stop' must be a string or a list of strings.", "stop")
     if len(items) > MAX_STOPS:
         raise bad(f"At most {MAX_STOPS} stop strings are allowed.", "stop")
-    return tuple(s for s in items if s)
+    return tuple(items)  # Sampling drops empty ones
+
+
+# Request fields read as they are (a Sampling field of the same name) and those read under
+# llama.cpp's or vLLM's names.
+_PLAIN = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "min_p",
+          "typical_p", "repeat_last_n", "mirostat_tau", "mirostat_eta")
+_ALIASES = {"repeat_penalty": "repeat_penalty", "repetition_penalty": "repeat_penalty",
+            "mirostat": "mirostat_mode", "mirostat_mode": "mirostat_mode"}
+_ANY_INT = Limit(-C_INT_MAX - 1, 2**63 - 1, integer=True)
 
 
 def parse_sampling(body: dict[str, Any], defaults: Sampling) -> Sampling:
-    """The request's knobs over `defaults` (what a request leaves out stays as there)."""
+    """The request's knobs over `defaults` (what a request leaves out stays as there),
+    each checked against the engine's range for it (engine/limits.py)."""
     values: dict[str, Any] = {}
-    checks: dict[str, dict[str, Any]] = {
-        "temperature": {"lo": 0.0}, "top_p": {"lo": 0.0, "hi": 1.0},
-        "presence_penalty": {"lo": -2.0, "hi": 2.0},
-        "frequency_penalty": {"lo": -2.0, "hi": 2.0},
-        "min_p": {"lo": 0.0, "hi": 1.0}, "typical_p": {"lo": 0.0, "hi": 1.0},
-        "repeat_last_n": {"lo": 0, "integer": True},
-        "mirostat_tau": {"lo": 0.0}, "mirostat_eta": {"lo": 0.0},
-    }
-    for name, limits in checks.items():
-        if (value := _number(body, name, **limits)) is not None:
+    for name in _PLAIN:
+        if (value := _number(body, name, SAMPLING_LIMITS[name])) is not None:
             values[name] = value
-    if (top_k := _number(body, "top_k", integer=True)) is not None:
-        values["top_k"] = max(0, int(top_k))  # 0 or -1: off
-    for name in ("repeat_penalty", "repetition_penalty"):  # llama.cpp's, vLLM's
-        if (value := _number(body, name, lo=0.0)) is not None:
-            values["repeat_penalty"] = value
-    for name in ("mirostat", "mirostat_mode"):
-        if (value := _number(body, name, lo=0, hi=2, integer=True)) is not None:
-            values["mirostat_mode"] = value
-    limit = _number(body, "max_completion_tokens", lo=1, integer=True)
+    for name, field in _ALIASES.items():
+        if (value := _number(body, name, SAMPLING_LIMITS[field])) is not None:
+            values[field] = value
+    if (top_k := _number(body, "top_k", _ANY_INT)) is not None:
+        values["top_k"] = min(max(0, int(top_k)), C_INT_MAX)  # 0 or -1: off
+    tokens = SAMPLING_LIMITS["max_tokens"]
+    limit = _number(body, "max_completion_tokens", tokens)
     if limit is None:
-        limit = _number(body, "max_tokens", lo=1, integer=True)
+        limit = _number(body, "max_tokens", tokens)
     values["max_tokens"] = UNLIMITED_TOKENS if limit is None else limit
-    if (seed := _number(body, "seed", integer=True)) is not None:
-        # -1 is llama.cpp's "random"; llama.cpp seeds are 32-bit and 0xFFFFFFFF means
-        # random there too, so others fold into the range below it.
-        values["seed"] = None if seed == -1 else int(seed) % 0xFFFFFFFF
+    if (seed := _number(body, "seed", _ANY_INT)) is not None:
+        # -1 is llama.cpp's "random"; other seeds fold into the engine's range.
+        values["seed"] = None if seed == -1 else int(seed) % (C_INT_MAX + 1)
     else:
         values["seed"] = None
     values["stop"] = _stops(body.get("stop"))
@@ -152,7 +151,7 @@ def parse_sampling(body: dict[str, Any], defaults: Sampling) -> Sampling:
 
 
 def _refuse_unsupported(body: dict[str, Any]) -> None:
-    n = _number(body, "n", lo=1, integer=True)
+    n = _number(body, "n", Limit(1, C_INT_MAX, integer=True))
     if n not in (None, 1):
         raise bad("Only one choice per request is supported ('n' must be 1).", "n")
     if body.get("tools") or body.get("functions"):

@@ -101,6 +101,7 @@ class EngineController(QObject):
         self.model: ModelInfo | None = None
         self.spec: LoadSpec | None = None
         self._load_id: int | None = None
+        self._spec_before: LoadSpec | None = None  # of the model a failed load leaves
         self._chat_id: int | None = None
         self._adapters_id: int | None = None
         self.adapters: tuple[AdapterSetting, ...] = ()  # applied now
@@ -111,6 +112,8 @@ class EngineController(QObject):
     # ------------------------------------------------------------ commands
 
     def load(self, spec: LoadSpec) -> None:
+        # If this load fails, the engine keeps (or reloads) the model it had: its spec.
+        self._spec_before = self.spec if self.model is not None else None
         self.spec = spec
         self._load_id = self.engine.load(spec)
         self._set_state("loading")
@@ -250,8 +253,13 @@ class EngineController(QObject):
                 self.sig_loaded.emit(event.info)
         elif isinstance(event, EngineError):
             if event.request_id == self._load_id:
-                self.model = None
-                self._set_state("empty")
+                # The engine still holds the model it had before (kept or loaded again,
+                # with its adapters), or none.
+                self.model = event.still_loaded
+                if self.model is None:
+                    self.adapters = ()
+                self.spec = self._spec_before if self.model is not None else self.spec
+                self._set_state("ready" if self.model is not None else "empty")
                 self.sig_load_failed.emit(event)
             elif event.request_id == self._adapters_id:
                 self.sig_adapters_failed.emit(event)

@@ -11,12 +11,10 @@ from PySide6.QtGui import QAction, QCloseEvent, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QMainWindow,
-    QPushButton,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -26,8 +24,11 @@ from workbench.chat.store import ChatStore
 from workbench.engine.protocol import EngineDied, EngineError, LoadSpec, ModelInfo
 from workbench.engine.remote_http import host_of
 from workbench.engine.remote_settings import RemoteConnection
+from workbench.hardware.memory import available_memory_bytes
+from workbench.hardware.snapshot import HardwareSnapshot
 from workbench.models.builtin import BuiltinModelMissing, builtin_model_path, display_name
 from workbench.models.fit import (
+    DeviceBudget,
     FitError,
     FitPlan,
     ModelShape,
@@ -40,6 +41,7 @@ from workbench.models.split import read_model_header
 from workbench.resources import icon_path
 from workbench.settings import ModelSettings, Settings, SettingsStore, config_dir, data_dir
 from workbench.ui import notify
+from workbench.ui.banners import NoticeBanner
 from workbench.ui.chat.page import ChatPage
 from workbench.ui.chat.settings_panel import SettingsPanel
 from workbench.ui.compare.page import ComparePage
@@ -57,38 +59,6 @@ from workbench.ui.remote.dialog import ConnectionDialog
 from workbench.ui.serve.page import ServerPage
 from workbench.ui.tasks import op
 
-_LEVEL_COLOURS = {"error": "#fdecea", "warning": "#fff4e5", "info": "#e8f4fd"}
-
-
-class NoticeBanner(QFrame):
-    def __init__(self, notice: notify.Notice, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.notice = notice
-        self.setObjectName(f"notice-{notice.level}")
-        self.setStyleSheet(f"QFrame#{self.objectName()} {{ background: "
-                           f"{_LEVEL_COLOURS[notice.level]}; border-radius: 4px; }}")
-        text = f"<b>{notice.title}</b> — {notice.text}"
-        if notice.hint:
-            text += f"<br><span>{notice.hint}</span>"
-        self.label = QLabel(text, wordWrap=True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout = QHBoxLayout(self)
-        layout.addWidget(self.label, 1)
-        self.buttons: dict[str, QPushButton] = {}
-        for label, callback in notice.actions:
-            button = QPushButton(label)
-            button.clicked.connect(callback)
-            button.clicked.connect(self.close_notice)
-            layout.addWidget(button)
-            self.buttons[label] = button
-        close = QPushButton("Dismiss")
-        close.clicked.connect(self.close_notice)
-        layout.addWidget(close)
-
-    def close_notice(self) -> None:
-        self.hide()
-        self.deleteLater()
-
 
 class MainWindow(QMainWindow):
     def __init__(self, store: ChatStore, settings_store: SettingsStore,
@@ -101,6 +71,9 @@ class MainWindow(QMainWindow):
         self.settings: Settings = settings_store.load()
         self.engine = engine or EngineController(parent=self)
         self.banners: dict[str, NoticeBanner] = {}
+        # What to save once the load in flight succeeds: its settings and the path to load
+        # at the next start (None: the built-in model).
+        self._pending_model: tuple[ModelSettings, str | None] | None = None
 
         s = self.settings
         self.panel = SettingsPanel(s.sampling, s.model, s.preset, s.user_presets)
@@ -154,6 +127,10 @@ class MainWindow(QMainWindow):
 
         notify.hub().sig_notice.connect(self.show_notice)
         notify.hub().sig_dismiss.connect(self.dismiss_notice)
+        if settings_store.corrections:  # saved corrected: said this once, not every start
+            notify.warning("Some settings were out of range", " ".join(
+                settings_store.corrections), "Each was set to the nearest valid value.",
+                key="settings")
         self.engine.sig_state_changed.connect(self._on_engine_state_changed)
         self.engine.sig_loaded.connect(self._on_engine_loaded)
         self.engine.sig_load_failed.connect(self._on_engine_load_failed)
@@ -271,19 +248,20 @@ class MainWindow(QMainWindow):
 
     def load_model(self, path: str, remember: bool = True,
                    model: ModelSettings | None = None) -> None:
-        """Check the file off the GUI thread, then hand it to the engine (the local one:
-        loading a file leaves a remote server)."""
+        """Check the file off the GUI thread, and its fit once the hardware is known, then
+        hand it to the engine (the local one: loading a file leaves a remote server). The
+        settings are saved once it has loaded: a failed load must not be tried again at
+        the next start."""
         model = model or self.panel.model_settings()
 
         def go(spec: LoadSpec) -> None:
             if self.engine.is_remote:
                 use_local(self.engine)
+            self._pending_model = (model, path if remember else None)
             self.engine.load(spec)
-            self._save(replace(self.settings, model=model,
-                               last_model_path=path if remember else None))
 
-        def checked(header: GGUFHeader) -> None:
-            fit = self.fit_plan(header, model)
+        def check_fit(header: GGUFHeader, snapshot: HardwareSnapshot | None) -> None:
+            fit = self.fit_plan(header, model, snapshot)
             spec = model.load_spec(path, auto_gpu_layers=fit.n_gpu_layers if fit else 0)
             warning = self.fit_warning(header, fit)
             if warning is None:
@@ -301,6 +279,11 @@ class MainWindow(QMainWindow):
             message = str(exc) if isinstance(exc, GGUFError) else f"Cannot read {path}: {exc}"
             notify.error("Cannot load this model", message,
                          "The chat and your conversations are unaffected.", key="load")
+
+        def checked(header: GGUFHeader) -> None:
+            # The probe started with the window takes about a second; a model chosen before
+            # it ends (the first start's) waits for it rather than load unchecked.
+            self.hardware.when_probed(lambda snapshot: check_fit(header, snapshot))
 
         op(read_model_header, path).success(checked).failure(refused).run()
 
@@ -344,17 +327,18 @@ class MainWindow(QMainWindow):
                         actions=(("Load it", lambda: self._on_library_load(paths[0])),),
                         key="downloaded")
 
-    def fit_plan(self, header: GGUFHeader, model: ModelSettings) -> FitPlan | None:
-        """The planner's view of loading `header` with `model` settings (None until the
-        hardware is known, or for a header the planner cannot read)."""
-        snapshot = self.hardware.snapshot
-        if snapshot is None:
-            return None
+    def fit_plan(self, header: GGUFHeader, model: ModelSettings,
+                 snapshot: HardwareSnapshot | None) -> FitPlan | None:
+        """The planner's view of loading `header` with `model` settings on `snapshot`'s
+        hardware (None for a header the planner cannot read). Without a snapshot (the
+        probe failed) it plans for the RAM available now, and no GPU."""
         try:
             shape = ModelShape.from_header(header)
         except FitError:  # an unusual header: let llama.cpp judge it
             return None
-        return plan(shape, model.fit_request(), budgets_from_snapshot(snapshot))
+        budgets = (budgets_from_snapshot(snapshot) if snapshot is not None
+                   else [DeviceBudget("CPU", "cpu", available_memory_bytes())])
+        return plan(shape, model.fit_request(), budgets)
 
     def fit_warning(self, header: GGUFHeader, result: FitPlan | None) -> str | None:
         """What is wrong, if the plan says it will not fit or names a problem."""
@@ -396,6 +380,10 @@ class MainWindow(QMainWindow):
 
     def _on_engine_loaded(self, info: ModelInfo) -> None:
         notify.dismiss("load")
+        if self._pending_model is not None:
+            model, path = self._pending_model
+            self._pending_model = None
+            self._save(replace(self.settings, model=model, last_model_path=path))
         if self.engine.is_remote:
             self.statusBar().showMessage(
                 f"Connected to {info.name} on {host_of(self.engine.remote_url or '')}", 5000)
@@ -416,6 +404,13 @@ class MainWindow(QMainWindow):
                          actions=(("Try again", self.engine.reload),
                                   ("Use the local model", self.use_local_engine),
                                   ("Connect to another…", self.open_connection_dialog)))
+            return
+        self._pending_model = None
+        kept = getattr(event, "still_loaded", None)
+        if kept is not None:  # the engine kept (or loaded again) the model in use
+            notify.error("The model did not load",
+                         f"{event.message} Your chat goes on with {display_name(kept)}.",
+                         event.hint, key="load")
             return
         notify.error("The model did not load", event.message, event.hint, key="load")
 

@@ -24,11 +24,20 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.chat.knobs import KNOBS, PRESETS, apply_preset
+from workbench.engine.limits import LOAD_LIMITS
 from workbench.engine.protocol import ModelInfo, Sampling
 from workbench.engine.templates import template_names
 from workbench.models.builtin import display_name
 from workbench.settings import ModelSettings
 from workbench.ui.chat.knob_widgets import knob_value, make_knob_widget, set_knob_value
+
+
+def _lowest(key: str) -> int:
+    return int(LOAD_LIMITS[key].minimum)
+
+
+def _highest(key: str) -> int:
+    return int(LOAD_LIMITS[key].maximum)
 
 
 def parse_stop_strings(text: str) -> tuple[str, ...]:
@@ -95,7 +104,8 @@ class SettingsPanel(QScrollArea):
         buttons.addWidget(self.builtin_button)
         form.addRow(buttons)
 
-        self.n_ctx = QSpinBox(minimum=256, maximum=1 << 20, singleStep=1024, value=model.n_ctx)
+        self.n_ctx = QSpinBox(minimum=_lowest("n_ctx"), maximum=_highest("n_ctx"),
+                              singleStep=1024, value=model.n_ctx)
         self.n_ctx.setToolTip("Context length: how many tokens of conversation the model sees.")
         # -1 shows "Auto" (the fit planner's choice); 1000 means all layers.
         layers = model.n_gpu_layers
@@ -104,10 +114,12 @@ class SettingsPanel(QScrollArea):
         self.n_gpu_layers.setSpecialValueText("Auto")
         self.n_gpu_layers.setToolTip(
             "Layers on the GPU. Auto: as many as fit (see Hardware). CPU builds ignore it.")
-        self.n_threads = QSpinBox(minimum=0, maximum=256, value=model.n_threads or 0)
+        self.n_threads = QSpinBox(minimum=0, maximum=_highest("n_threads"),
+                                  value=model.n_threads or 0)
         self.n_threads.setSpecialValueText("Auto")
         self.n_threads.setToolTip("CPU threads (Auto: one per physical core).")
-        self.n_batch = QSpinBox(minimum=16, maximum=8192, singleStep=64, value=model.n_batch)
+        self.n_batch = QSpinBox(minimum=_lowest("n_batch"), maximum=_highest("n_batch"),
+                                singleStep=64, value=model.n_batch)
         self.n_batch.setToolTip("Prompt tokens evaluated per step.")
         self.flash_attn = QCheckBox("Flash attention", checked=model.flash_attn)
         self.type_k = QComboBox()
@@ -116,6 +128,12 @@ class SettingsPanel(QScrollArea):
             combo.addItems(["f16", "q8_0", "q4_0"])
             combo.setCurrentText(value)
             combo.setToolTip("KV cache precision: q8_0 halves its memory, q4_0 quarters it.")
+        self.type_v.setToolTip(self.type_v.toolTip() + " A quantized V cache needs flash "
+                               "attention (llama.cpp cannot make one without it).")
+        # Keep the pair llama.cpp can load: a quantized V cache turns flash attention on,
+        # turning it off sets the V cache back to f16.
+        self.type_v.currentTextChanged.connect(self._on_type_v_changed)
+        self.flash_attn.toggled.connect(self._on_flash_attn_toggled)
         self.template = QComboBox()
         self.template.addItem("Automatic (from the model)", None)
         for name in template_names():
@@ -138,6 +156,14 @@ class SettingsPanel(QScrollArea):
         self.load_settings_note = QLabel(wordWrap=True, visible=False)
         form.addRow(self.load_settings_note)
         return box
+
+    def _on_type_v_changed(self, value: str) -> None:
+        if value != "f16":
+            self.flash_attn.setChecked(True)
+
+    def _on_flash_attn_toggled(self, on: bool) -> None:
+        if not on:
+            self.type_v.setCurrentText("f16")
 
     def model_settings(self) -> ModelSettings:
         return ModelSettings(

@@ -4,6 +4,7 @@ and a Fit panel for the loaded model."""
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -60,6 +61,9 @@ class HardwarePage(QScrollArea):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.snapshot: HardwareSnapshot | None = None
+        self._probing = False
+        # Called with the snapshot (None if the probe failed) once a probe ends.
+        self._waiting: list[Callable[[HardwareSnapshot | None], None]] = []
         inner = QWidget()
         layout = QVBoxLayout(inner)
         top = QHBoxLayout()
@@ -96,8 +100,19 @@ class HardwarePage(QScrollArea):
         layout.addStretch(1)
         self.setWidget(inner)
 
+    def when_probed(self, callback: Callable[[HardwareSnapshot | None], None]) -> None:
+        """Call `callback` with the snapshot: now if there is one, else when the probe now
+        running (or started here) ends; with None if it fails."""
+        if self.snapshot is not None:
+            callback(self.snapshot)
+            return
+        self._waiting.append(callback)
+        if not self._probing:
+            self.refresh()
+
     def refresh(self) -> None:
         """Probe in a child process, off the GUI thread."""
+        self._probing = True
         self.refresh_button.setEnabled(False)
         self.status.setText("Probing…")
         # Bound methods, not lambdas: Qt drops them if this page is gone by then.
@@ -109,7 +124,11 @@ class HardwarePage(QScrollArea):
         notify.error("Hardware probe failed", str(exc), key="probe")
 
     def _on_probe_finished(self) -> None:
+        self._probing = False
         self.refresh_button.setEnabled(True)
+        waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            callback(self.snapshot)
 
     def show_snapshot(self, snapshot: HardwareSnapshot) -> None:
         self.snapshot = snapshot
