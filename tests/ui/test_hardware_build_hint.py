@@ -69,10 +69,13 @@ def test_each_gpu_gets_the_build_that_uses_it(qtbot, tmp_path: Path, kind: str, 
     choice = gpu_build_for(snapshot)
     assert choice is not None and (choice.backend, choice.cmake_args) == (backend, flag)
 
-    frozen = gpu_build_hint(snapshot, frozen=True)  # an installed app: name the download
+    frozen = gpu_build_hint(snapshot, "installer")  # an installed app: name the download
     assert download in frozen and backend in frozen and "CMAKE_ARGS" not in frozen
-    source = gpu_build_hint(snapshot, frozen=False)  # a checkout: the flag to rebuild with
+    source = gpu_build_hint(snapshot, "checkout")  # a checkout: the flag to rebuild with
     assert f'CMAKE_ARGS="{flag}" make run' in source
+    pip = gpu_build_hint(snapshot, "package")  # pip: rebuild the binding with the flag
+    assert f'CMAKE_ARGS="{flag}" pip install --force-reinstall' in pip
+    assert "llama-cpp-python==0.3." in pip and "make" not in pip
 
     page = HardwarePage()
     qtbot.addWidget(page)
@@ -106,7 +109,8 @@ def test_no_hint_without_a_reason(qtbot, tmp_path: Path, case: str) -> None:
     build = {"no gpu": CPU_BUILD, "gpu build": CUDA_BUILD, "unknown build": None}[case]
     snapshot = probe(machine(tmp_path, build, nvidia=case != "no gpu"))
     assert gpu_build_for(snapshot) is None
-    assert gpu_build_hint(snapshot, frozen=True) == gpu_build_hint(snapshot, frozen=False) == ""
+    assert {gpu_build_hint(snapshot, where) for where in ("installer", "checkout", "package")} \
+        == {""}
     page = HardwarePage()
     qtbot.addWidget(page)
     page.show_snapshot(snapshot)

@@ -4,6 +4,7 @@ and a Fit panel for the loaded model."""
 from __future__ import annotations
 
 import html
+import importlib.metadata
 from collections.abc import Callable
 
 from PySide6.QtCore import Signal
@@ -18,10 +19,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from workbench.children import is_frozen
 from workbench.hardware.builds import gpu_build_for
 from workbench.hardware.isolated import probe_isolated
 from workbench.hardware.snapshot import HardwareSnapshot
+from workbench.installation import Installation, how_installed
 from workbench.ui import notify
 from workbench.ui.fit.panel import FitPanel, fmt_bytes
 from workbench.ui.tasks import op
@@ -37,20 +38,34 @@ class MemoryBar(QProgressBar):
                        f"{fmt_bytes(total - used)} free")
 
 
-def gpu_build_hint(snapshot: HardwareSnapshot, frozen: bool | None = None) -> str:
-    """Tell a GPU owner running a CPU-only build which build would use their GPU: the
-    download to get for an installed app, the CMAKE_ARGS for a source checkout."""
+def gpu_build_hint(snapshot: HardwareSnapshot,
+                   installation: Installation | None = None) -> str:
+    """Tell a GPU owner running a CPU-only build which build would use their GPU, in the
+    terms of how this copy was installed: the download to get for an installer, the
+    CMAKE_ARGS to rebuild with for a checkout or a pip install."""
     choice = gpu_build_for(snapshot)
     if choice is None:
         return ""
-    frozen = is_frozen() if frozen is None else frozen
+    where = installation or how_installed()
     gpu = html.escape(choice.gpu)
-    if frozen:
+    if where == "installer":
         return (f"This Workbench runs llama.cpp on the CPU only, so your {gpu} sits idle. "
                 f"<b>{choice.backend}</b> would use it: install {choice.download}.")
+    if where == "checkout":
+        command = f'CMAKE_ARGS="{choice.cmake_args}" make run'
+    else:
+        command = (f'CMAKE_ARGS="{choice.cmake_args}" pip install --force-reinstall '
+                   f'--no-cache-dir --no-deps "llama-cpp-python=={_llama_version()}"')
     return (f"This llama.cpp build runs on the CPU only, so your {gpu} sits idle. Rebuild "
-            f"with <code>CMAKE_ARGS=\"{choice.cmake_args}\" make run</code> to use it "
+            f"with <code>{html.escape(command, quote=False)}</code> to use it "
             f"({choice.backend}; the installers call it {choice.download}).")
+
+
+def _llama_version() -> str:
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "VERSION"
 
 
 class HardwarePage(QScrollArea):
