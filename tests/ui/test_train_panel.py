@@ -35,6 +35,7 @@ def test_without_the_extra_the_panel_says_how_to_enable_it(qtbot, fresh_window) 
     panel.show_availability("Training needs torch, which is not installed.\n"
                             + extra_hint("train", "checkout"))
     assert not panel.controls.isEnabled() and not panel.unavailable.isHidden()
+    assert panel.learning_rate.value() == 2e-3  # the default, not the spin box's minimum
     assert "make run WORKBENCH_EXTRAS=train" in panel.unavailable.text()
 
 

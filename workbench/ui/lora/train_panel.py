@@ -76,8 +76,11 @@ class TrainPanel(QGroupBox):
         self.targets = {m: QCheckBox(m) for m in TARGETS}
         for m, box in self.targets.items():
             box.setChecked(m in DEFAULT_TARGETS)
-        self.learning_rate = QDoubleSpinBox(minimum=1e-5, maximum=0.1, value=2e-3,
-                                            decimals=5, singleStep=1e-4)
+        # decimals before value: Qt rounds a value to the decimals in force when it is set
+        # (2 by default), and 2e-3 rounded to 0.00 would clamp to the minimum, 1e-5.
+        self.learning_rate = QDoubleSpinBox(decimals=5, minimum=1e-5, maximum=0.1,
+                                            singleStep=1e-4)
+        self.learning_rate.setValue(2e-3)
         self.epochs = QSpinBox(minimum=1, maximum=100, value=10)
         self.max_steps = QSpinBox(minimum=0, maximum=100_000, value=0)
         self.max_steps.setSpecialValueText("from the epochs")
