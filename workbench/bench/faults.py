@@ -80,6 +80,20 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     return condition()
 
 
+def wait_while_progressing(finished: Callable[[], bool], progress: Callable[[], int],
+                           stall_s: float = 60.0, cap_s: float = 600.0) -> bool:
+    """Like wait_until, but a slow machine is not a failure: give up only when `progress()`
+    has not moved for `stall_s` (or after `cap_s` in all)."""
+    deadline = time.monotonic() + cap_s
+    while time.monotonic() < deadline:
+        seen = progress()
+        if not wait_until(lambda seen=seen: finished() or progress() != seen, stall_s):
+            return False
+        if finished():
+            return True
+    return False
+
+
 def _event_loop_answers() -> bool:
     from PySide6.QtCore import QTimer
 
@@ -141,8 +155,9 @@ def _engine_kill_round(window: object, n_tokens: int, seed: int) -> str | None:
         cid = chat.new_conversation()
         if not chat.send(PROMPT):
             return "the message was not sent"
-        if not wait_until(lambda: len(pieces) >= n_tokens or bool(done), 60):
-            return "no tokens streamed"
+        if not wait_while_progressing(lambda: len(pieces) >= n_tokens or bool(done),
+                                      lambda: len(pieces)):
+            return f"the reply stalled after {len(pieces)} tokens"
         if done:
             return "the reply ended before the kill"
         pid = engine.pid
@@ -154,14 +169,17 @@ def _engine_kill_round(window: object, n_tokens: int, seed: int) -> str | None:
         if problem:
             return problem
         _reload(window)
-        if not wait_until(lambda: engine.ready, 60):
+        if not wait_until(lambda: engine.ready, 120):
             return f"the reload did not finish (state {engine.state!r})"
         _set_reply_length(window, SHORT_REPLY, seed)
         done.clear()
+        before = len(pieces)
         if not chat.send("Now say hello."):
             return "the message after the reload was not sent"
-        if not wait_until(lambda: bool(done) and chat.active is None, 60):
-            return "the reply after the reload did not finish"
+        if not wait_while_progressing(lambda: bool(done) and chat.active is None,
+                                      lambda: len(pieces)):
+            return (f"the reply after the reload stalled ({len(pieces) - before} tokens, "
+                    f"state {engine.state!r}, done {len(done)})")
         last = store.messages(cid)[-1]
         if last.status != "complete" or not last.content:
             return f"the reply after the reload is {last.status!r}, {len(last.content)} chars"
