@@ -1,10 +1,11 @@
 """Chatting, then quitting, ends the process cleanly.
 
-PySide6 6.12.0 lost a reference to True on every signal emit (workbench/ui/qt_fixes.py):
-the app aborted at exit ("Fatal Python error: bool_dealloc") after some chatting, or
-mid-chat after a few thousand tokens. The script below chats in a process of its own, so
-that its exit is seen; it also reports how far True's reference count fell while it
-streamed, which shows the fault after a few replies, long before it is fatal.
+PySide6 6.12.0 lost a reference to True on every signal emit (see
+tests/ui/test_pyside_refcounts.py; pyproject.toml keeps that version out): the app aborted
+at exit ("Fatal Python error: bool_dealloc") after some chatting, or mid-chat after a few
+thousand tokens. The script below chats in a process of its own, so that its exit is seen;
+it also reports how far True's reference count fell while it streamed, which shows such a
+fault after a few replies, long before it is fatal.
 """
 
 from __future__ import annotations
