@@ -36,6 +36,7 @@ bench: setup
 	$(PY) -m workbench.bench stop
 	$(PY) -m workbench.bench fit
 	$(PY) -m workbench.bench download
+	$(PY) -m workbench.bench faults
 
 screenshots: setup-test
 	QT_QPA_PLATFORM=offscreen $(PY) -m workbench.ui.screenshots docs

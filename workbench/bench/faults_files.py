@@ -9,7 +9,6 @@ model's name) may leave a file llama.cpp can use: those are `loaded_anyway`, not
 from __future__ import annotations
 
 import io
-import queue
 import random
 import shutil
 import struct
@@ -258,7 +257,7 @@ class Loader:
                 return "unclear_error", seconds, event.message
             return ("clear_error" if seconds <= CLEAR_WITHIN_S else "slow_error",
                     seconds, event.message)
-        except queue.Empty:
+        except TimeoutError:
             self.replace_engine()
             return "hung", time.perf_counter() - started, f"no answer in {HANG_S:.0f} s"
         seconds = time.perf_counter() - started
@@ -277,7 +276,7 @@ class Loader:
             if isinstance(exc.event, EngineDied):
                 return "died_on_chat", seconds, exc.event.message
             return "loaded_anyway", seconds, f"loaded; chat refused: {exc.event.message}"
-        except queue.Empty:
+        except TimeoutError:
             self.replace_engine()
             return "hung", seconds, "loaded, then chat hung"
         return "loaded_anyway", seconds, f"loaded and replied {result.done.text!r}"
@@ -297,7 +296,7 @@ def run_cases(model: Path, folder: Path, quick: bool = False) -> tuple[list[dict
             case.make(model, path)
             try:
                 loader.load_good()
-            except (EngineFailure, queue.Empty):
+            except (EngineFailure, TimeoutError):
                 loader.replace_engine()  # the previous file left it unusable: start over
                 loader.load_good()
             checked = precheck(path)
@@ -309,7 +308,7 @@ def run_cases(model: Path, folder: Path, quick: bool = False) -> tuple[list[dict
         try:
             loader.load_good()
             usable = True
-        except (EngineFailure, queue.Empty):
+        except (EngineFailure, TimeoutError):
             usable = False
     finally:
         loader.close()

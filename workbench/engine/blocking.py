@@ -63,7 +63,10 @@ class BlockingEngine:
     def _wait(self, rid: int, want: type, timeout: float,
               on_event: Callable[[Event], None] | None = None) -> Event:
         while True:
-            event = self.events.get(timeout=timeout)
+            try:
+                event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"The engine did not answer in {timeout:.0f} s.") from None
             if isinstance(event, EngineDied):
                 raise EngineFailure(event)
             if getattr(event, "request_id", None) != rid:
