@@ -51,7 +51,9 @@ def test_app_main_dispatches_child_flags(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_every_python_m_child_in_the_source_has_a_frozen_flag() -> None:
     # A new `python -m workbench.…` child without a flag would break only in the installers.
     started = re.compile(r'sys\.executable,\s*"-m",\s*"(workbench[\w.]*)"')
-    for path in PACKAGE.rglob("*.py"):
+    # Benchmarks run from a checkout only: packaging/workbench.spec leaves workbench.bench
+    # out of the installers, so their children need no flag.
+    for path in (p for p in PACKAGE.rglob("*.py") if "bench" not in p.relative_to(PACKAGE).parts):
         for module in started.findall(path.read_text(encoding="utf-8")):
             assert module in CHILDREN.values(), f"{path.name} starts {module} with no flag"
 
