@@ -116,3 +116,25 @@ def test_when_the_probe_fails_the_check_uses_the_free_ram(
     assert "Hardware probe failed" in _titles(window)
     assert window.hardware.snapshot is None and window.engine.state == "empty"
     notify.dismiss("load")
+
+
+@pytest.mark.engine
+@needs_refused_allocations
+def test_a_failed_load_after_a_superseded_one_names_what_the_engine_holds(
+        qtbot, builtin_model: Path) -> None:
+    from workbench.engine.protocol import LoadSpec
+    from workbench.ui.engine_controller import EngineController
+
+    engine = EngineController()
+    try:
+        small = LoadSpec(str(builtin_model), n_ctx=512)
+        # The first load is superseded before it is answered; the engine loads it anyway,
+        # then fails the second and keeps the first: the controller must say so.
+        engine.load(small)
+        with qtbot.waitSignal(engine.sig_load_failed, timeout=60_000) as failed:
+            engine.load(LoadSpec(str(builtin_model), n_ctx=HUGE_CTX))
+        assert failed.args[0].still_loaded is not None
+        assert engine.state == "ready" and engine.spec == small
+        assert engine.model is not None and engine.model.n_ctx == 512
+    finally:
+        engine.close()

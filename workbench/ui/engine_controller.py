@@ -101,7 +101,10 @@ class EngineController(QObject):
         self.model: ModelInfo | None = None
         self.spec: LoadSpec | None = None
         self._load_id: int | None = None
-        self._spec_before: LoadSpec | None = None  # of the model a failed load leaves
+        # Each load request's spec until it is answered, and the spec of the model the
+        # engine last reported loaded (which a failed load leaves in place).
+        self._requested: dict[int, LoadSpec] = {}
+        self._held_spec: LoadSpec | None = None
         self._chat_id: int | None = None
         self._adapters_id: int | None = None
         self.adapters: tuple[AdapterSetting, ...] = ()  # applied now
@@ -112,10 +115,9 @@ class EngineController(QObject):
     # ------------------------------------------------------------ commands
 
     def load(self, spec: LoadSpec) -> None:
-        # If this load fails, the engine keeps (or reloads) the model it had: its spec.
-        self._spec_before = self.spec if self.model is not None else None
         self.spec = spec
         self._load_id = self.engine.load(spec)
+        self._requested[self._load_id] = spec
         self._set_state("loading")
 
     def reload(self) -> None:
@@ -179,6 +181,7 @@ class EngineController(QObject):
         self.spec = None
         self.adapters = ()
         self._load_id = self._chat_id = self._adapters_id = None
+        self._requested, self._held_spec = {}, None
         self.owner = None  # whoever drove the old engine has lost it
         # Always said, even from "empty": the pages show which engine they are on.
         self.state = "empty"
@@ -246,19 +249,22 @@ class EngineController(QObject):
                 self._set_state("ready")
             self.sig_chat_done.emit(event)
         elif isinstance(event, Loaded):
+            self._held_spec = self._requested.pop(event.request_id, None)
             if event.request_id == self._load_id:
                 self.model = event.info
                 self.adapters = ()  # a new model starts without adapters
                 self._set_state("ready")
                 self.sig_loaded.emit(event.info)
         elif isinstance(event, EngineError):
+            self._requested.pop(event.request_id, None)
             if event.request_id == self._load_id:
                 # The engine still holds the model it had before (kept or loaded again,
                 # with its adapters), or none.
                 self.model = event.still_loaded
                 if self.model is None:
                     self.adapters = ()
-                self.spec = self._spec_before if self.model is not None else self.spec
+                else:
+                    self.spec = self._held_spec
                 self._set_state("ready" if self.model is not None else "empty")
                 self.sig_load_failed.emit(event)
             elif event.request_id == self._adapters_id:
@@ -279,11 +285,12 @@ class EngineController(QObject):
             self.adapters = event.active
             self.sig_adapters_set.emit(event)
         elif isinstance(event, Unloaded):
-            self.model = None
+            self.model = self._held_spec = None
             self._set_state("empty")
         elif isinstance(event, EngineDied):
             loading = self.state == "loading"
-            self.model = None
+            self.model = self._held_spec = None
+            self._requested.clear()
             self.adapters = ()
             self._chat_id = None
             self._set_state("crashed")
