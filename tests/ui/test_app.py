@@ -14,9 +14,14 @@ pytestmark = pytest.mark.engine
 
 def test_run_gui_opens_the_window_with_the_builtin_model(qapp) -> None:
     seen: dict = {}
+    # Windows of earlier tests may still exist (closed, not yet deleted). Closing one of
+    # them instead of run_gui's left app.exec() running until the guard's quit(), whose
+    # Quit event then ended the next test's first event loop at once.
+    earlier = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow)]
 
     def poll() -> None:
-        windows = [w for w in qapp.topLevelWidgets() if isinstance(w, MainWindow)]
+        windows = [w for w in qapp.topLevelWidgets()
+                   if isinstance(w, MainWindow) and not any(w is e for e in earlier)]
         if windows and windows[0].engine.ready:
             window = windows[0]
             seen["title"] = window.windowTitle()
@@ -27,7 +32,13 @@ def test_run_gui_opens_the_window_with_the_builtin_model(qapp) -> None:
             QTimer.singleShot(50, poll)
 
     QTimer.singleShot(50, poll)
-    QTimer.singleShot(60_000, qapp.quit)  # a guard, not a wait
-    assert run_gui(["workbench"]) == 0
+    guard = QTimer(singleShot=True, interval=60_000)  # a guard, not a wait
+    guard.timeout.connect(qapp.quit)
+    guard.start()
+    try:
+        assert run_gui(["workbench"]) == 0
+    finally:
+        guard.stop()  # else its quit() would end a later test's event loop
+    assert "engine" in seen, "the window never became ready: the guard ended the app"
     assert seen["title"] == "Workbench" and "135M" in seen["model"]
     assert not seen["engine"].alive  # closing the window stopped the engine process
