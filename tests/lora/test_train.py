@@ -367,11 +367,12 @@ def test_sigterm_while_writing_leaves_nothing(tmp_path: Path) -> None:
             print("writing", flush=True)
             time.sleep(60)
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline() == "writing\n"
-    assert len(list(tmp_path.iterdir())) == 1
-    child.terminate()
-    assert child.wait(timeout=30) != 0
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          text=True) as child:
+        assert child.stdout is not None and child.stdout.readline() == "writing\n"
+        assert len(list(tmp_path.iterdir())) == 1
+        child.terminate()
+        assert child.wait(timeout=30) != 0
     assert list(tmp_path.iterdir()) == []
 
 
@@ -465,14 +466,14 @@ def test_cancelling_leaves_nothing_in_the_output_folder(builtin_model: Path,
                                                         tmp_path: Path) -> None:
     """Terminate the child as soon as it reports: it stops, and out_dir holds nothing."""
     config = TrainConfig(str(builtin_model), str(MARKER_DATA), str(tmp_path / "o"))
-    child = subprocess.Popen(train_command(config.save(tmp_path / "c.json")),
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert child.stdout is not None
-    first = parse_progress_line(child.stdout.readline())
-    assert first is not None and first.kind == "status"
-    started = time.perf_counter()
-    child.terminate()
-    assert child.wait(timeout=60) != 0
-    assert time.perf_counter() - started < 30
+    with subprocess.Popen(train_command(config.save(tmp_path / "c.json")),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as child:
+        assert child.stdout is not None
+        first = parse_progress_line(child.stdout.readline())
+        assert first is not None and first.kind == "status"
+        started = time.perf_counter()
+        child.terminate()
+        assert child.wait(timeout=60) != 0
+        assert time.perf_counter() - started < 30
     out = tmp_path / "o"
     assert not out.exists() or list(out.iterdir()) == []
