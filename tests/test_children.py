@@ -23,8 +23,9 @@ PACKAGE = Path(workbench.__file__).parent
 
 
 def test_source_and_frozen_command_lines(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert worker_command() == [sys.executable, "-m", "workbench.engine.worker"]
-    assert probe_command() == [sys.executable, "-m", "workbench.hardware"]
+    # From source, every child starts through the one launcher (workbench/children.py).
+    assert worker_command() == [sys.executable, "-m", "workbench.children", "--engine-worker"]
+    assert probe_command() == [sys.executable, "-m", "workbench.children", "--probe-hardware"]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert worker_command() == [sys.executable, "--engine-worker"]
     assert probe_command() == [sys.executable, "--probe-hardware"]

@@ -116,7 +116,7 @@ def test_the_key_is_not_on_the_command_line(private_tmp: Path,
     with BlockingEngine() as blocking:
         blocking.stats(timeout=60)
     (command,) = seen
-    assert command[1:] == ["-m", "workbench.engine.worker"]
+    assert command[1:] == ["-m", "workbench.children", "--engine-worker"]
 
 
 def test_the_listener_turns_away_a_peer_without_the_key(private_tmp: Path) -> None:

@@ -298,7 +298,8 @@ def test_train_available_says_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_command_line_plain_and_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert train_command("/c.json") == [sys.executable, "-m", "workbench.lora.train", "/c.json"]
+    assert train_command("/c.json") == [sys.executable, "-m", "workbench.children", FROZEN_FLAG,
+                                        "/c.json"]
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     assert train_command(Path("/c.json")) == [sys.executable, FROZEN_FLAG, "/c.json"]
 

@@ -472,8 +472,9 @@ def connect_to_app(stream: BinaryIO | None = None) -> Connection:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the engine process: `python -m workbench.engine.worker` (a frozen
-    build: `workbench --engine-worker`). It takes no arguments; see `connect_to_app`."""
+    """Entry point of the engine process: `python -m workbench.children --engine-worker`
+    (a frozen build: `workbench --engine-worker`), which loads llama.cpp's libraries before
+    this module brings numpy in. It takes no arguments; see `connect_to_app`."""
     del argv  # nothing on the command line: the key must not be visible to other users
     worker_main(connect_to_app())
 

@@ -2,8 +2,8 @@
 
 The GUI never loads llama.cpp itself (and asking a CUDA or HIP device for its memory
 would pin a driver context, hundreds of MB of VRAM, in the asking process), so it
-probes through `python -m workbench.hardware` (`workbench --probe-hardware` when frozen),
-which prints the snapshot as JSON.
+probes through `python -m workbench.children --probe-hardware` (`workbench
+--probe-hardware` when frozen), which prints the snapshot as JSON.
 """
 
 from __future__ import annotations

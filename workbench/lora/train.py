@@ -231,7 +231,7 @@ def parse_progress_line(line: str | bytes) -> TrainEvent | None:
 
 def train_command(config_path: str | os.PathLike[str]) -> list[str]:
     """The command line of the child process for a saved TrainConfig: `python -m
-    workbench.lora.train PATH`, or in a frozen app (no `-m`) `APP --train-lora PATH`."""
+    workbench.children --train-lora PATH`, or in a frozen app `APP --train-lora PATH`."""
     from workbench.children import child_command
 
     return child_command(FROZEN_FLAG, [str(config_path)])

@@ -5,7 +5,7 @@ hole: no disk used, nothing read) and llama.cpp creates the model and a context 
 `no_alloc` set, logging the KV, compute and output buffer sizes it would allocate. It
 runs in a child process: llama.cpp answers some impossible configurations by aborting.
 
-    python -m workbench.models.measure MODEL.gguf '{"n_ctx": 4096, ...}'   (prints JSON)
+    python -m workbench.children --measure-fit MODEL.gguf '{"n_ctx": 4096, ...}'   (JSON)
 """
 
 from __future__ import annotations
