@@ -37,6 +37,7 @@ bench: setup
 	$(PY) -m workbench.bench fit
 	$(PY) -m workbench.bench download
 	$(PY) -m workbench.bench faults
+	$(PY) -m workbench.bench gui
 
 screenshots: setup-test
 	QT_QPA_PLATFORM=offscreen $(PY) -m workbench.ui.screenshots docs

@@ -45,6 +45,20 @@ def test_the_gpu_benchmark_says_when_there_is_no_gpu() -> None:
     assert result["gpu"] is False and result["reason"]
 
 
+def test_the_gui_benchmark_streams_into_the_chat_page() -> None:
+    # Behaviour, not timing: the fed reply reached the page and the stalls were measured.
+    done, result = run_json("workbench.bench", "gui", "--json", "--quick")
+    assert done.returncode == 0 and result["benchmark"] == "gui"
+    for key in ("stall_p99_ms", "stall_max_ms", "idle_stall_p99_ms", "idle_stall_max_ms",
+                "per_token_stall_p99_ms", "per_token_stall_max_ms"):
+        assert isinstance(result[key], float) and result[key] >= 0, key
+    assert result["target_p99_ms"] == 16 and result["target_max_ms"] == 50
+    assert isinstance(result["meets_targets"], bool)
+    assert result["transcript_words"] >= 9000 and result["tokens_per_s_delivered"] > 0
+    assert result["deliveries"] > 0 and result["per_token_deliveries"] > result["deliveries"]
+    assert result["reply_chars"] > 0
+
+
 def test_llama_bench_output_is_read() -> None:
     from workbench.bench.native import parse_tg
 

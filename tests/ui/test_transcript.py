@@ -7,6 +7,7 @@ import time
 from workbench.chat.store import Message
 from workbench.ui.chat import transcript as transcript_module
 from workbench.ui.chat.transcript import Transcript
+from workbench.ui.markdown import render_markdown
 
 PARAGRAPH = ("The quick brown fox jumps over the lazy dog while **markdown** and `code` "
              "render. ") * 12  # roughly 250 tokens
@@ -54,3 +55,89 @@ def test_remove_from_drops_later_messages(qtbot) -> None:
     assert list(view.views) == [1] and view.placeholder.isHidden()
     view.remove_from(1)
     assert not view.views
+
+
+# Markdown that tests where one block ends: lazy lines, setext underlines, loose lists,
+# tables, fences (one left open at the end), indented code, a rule between blocks.
+VARIED = """# Title
+
+Intro with *emphasis* across
+two lines, a hard break\\
+and `code`.
+
+Setext heading
+--------------
+
+> A quote that
+continues lazily
+>
+> - list in quote
+
+1. first
+2. second
+
+   loose item paragraph
+
+   - nested
+3. third
+
+- tight
+- list
+* another list
+
+| a | b |
+|---|:-:|
+| 1 | 2 |
+
+```python
+def f(x):
+    return x
+```
+```
+plain fence
+```
+
+    indented code
+
+***
+
+After the rule, <b>escaped html</b> &amp; entities.
+10) paren list
+
+Last words before an open fence
+```js
+console.log(1)
+"""
+
+
+def whole_render(qtbot, text: str) -> str:
+    reference = transcript_module._Body()
+    qtbot.addWidget(reference)
+    reference.setHtml(render_markdown(text))
+    return reference.document().toHtml()
+
+
+def test_streamed_reply_renders_exactly_as_a_whole_render(qtbot) -> None:
+    # Only the last block is re-rendered while a reply grows; the document must still be
+    # what rendering the whole text gives, at every step and at the end.
+    view = transcript_module.MessageView(message(7, "assistant", "", status="streaming"))
+    qtbot.addWidget(view)
+    for end in [*range(1, len(VARIED), 9), len(VARIED)]:
+        view.text = VARIED[:end]
+        view.render()
+        assert view.body.document().toHtml() == whole_render(qtbot, VARIED[:end]), end
+    view.set_text(VARIED + "\n\n```\n\nDone.")  # the engine's final text
+    assert view.body.document().toHtml() == whole_render(qtbot, view.text)
+
+
+def test_reference_links_and_replaced_text_fall_back_to_whole_renders(qtbot) -> None:
+    view = transcript_module.MessageView(message(8, "assistant", "", status="streaming"))
+    qtbot.addWidget(view)
+    # A definition arriving late turns an earlier [label] into a link.
+    for text in ("See [docs].\n\nMore", "See [docs].\n\nMore\n\n[docs]: https://x.org/",
+                 "Something else entirely.\n\nNew"):
+        view.set_text(text)
+        assert view.body.document().toHtml() == whole_render(qtbot, text)
+    assert 'href="https://x.org/"' not in view.body.document().toHtml()
+    view.set_text("See [docs].\n\n[docs]: https://x.org/")
+    assert 'href="https://x.org/"' in view.body.document().toHtml()

@@ -17,7 +17,7 @@ from workbench.children import load_llama
 # before any benchmark module brings numpy in (workbench/children.py says why).
 load_llama()
 
-BENCHMARKS = ("throughput", "turns", "stop", "fit", "download", "faults", "gpu")
+BENCHMARKS = ("throughput", "turns", "stop", "fit", "download", "faults", "gpu", "gui")
 
 
 def main(argv: list[str] | None = None) -> int:

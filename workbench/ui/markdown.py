@@ -195,3 +195,31 @@ def render_markdown(text: str, *, dark: bool = False) -> str:
     is shown as code, as CommonMark specifies.
     """
     return _MD.render(text, {"dark": dark})
+
+
+def render_settled(text: str, *, dark: bool = False) -> tuple[int, str, str] | None:
+    """Render `text` in two parts for streaming: (n, html of text[:n], html of text[n:]).
+
+    text[:n] is every top-level block but the last: text appended later cannot change
+    them (it can only extend the last one), and the two parts render exactly as the
+    whole does: render_markdown(text) == both HTML parts joined. None where that does
+    not hold: link reference definitions (one part changes the links of the other) and
+    carriage returns (the parser rewrites line ends, so its line numbers would not match).
+    """
+    if "\r" in text:
+        return None
+    env: dict[str, Any] = {"dark": dark}
+    tokens = _MD.parse(text, env)
+    if env.get("references"):
+        return None
+    # Each top-level block starts with a level-0 token that opens or stands alone.
+    starts = [i for i, t in enumerate(tokens) if t.level == 0 and t.nesting >= 0 and t.map]
+    if len(starts) < 2:
+        return 0, "", _MD.renderer.render(tokens, _MD.options, env)
+    first, line = starts[-1], tokens[starts[-1]].map[0]  # type: ignore[index]
+    n = 0
+    for _ in range(line):
+        n = text.index("\n", n) + 1
+    render = _MD.renderer.render
+    return (n, render(tokens[:first], _MD.options, env),
+            render(tokens[first:], _MD.options, env))

@@ -1,7 +1,9 @@
 """The conversation transcript: one MessageView per message in a scroll area.
 
 Streaming touches only the reply being written, and re-renders its markdown at most
-every RENDER_INTERVAL_MS, so a long history costs nothing per token.
+every RENDER_INTERVAL_MS, so a long history costs nothing per token; within the reply,
+only its last Markdown block is rendered again (LiveMarkdown), so a long reply costs
+no more per update than a short one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from workbench.chat.store import Message
-from workbench.ui.markdown import render_markdown
+from workbench.ui.chat.live_markdown import LiveMarkdown
 
 RENDER_INTERVAL_MS = 50
 
@@ -101,6 +103,7 @@ class MessageView(QFrame):
         self.header = QLabel("You" if message.role == "user" else "Assistant")
         self.header.setStyleSheet("font-weight: 600;")
         self.body = _Body(self)
+        self._live = LiveMarkdown(self.body)
         self.footer = QLabel()
         self.footer.setStyleSheet("color: palette(mid); font-size: 11px;")
         self.footer.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -133,7 +136,7 @@ class MessageView(QFrame):
         self.set_status(message.status, message.stats)
 
     def render(self) -> None:
-        self.body.setHtml(render_markdown(self.text))
+        self._live.show(self.text)
 
     def append_text(self, text: str) -> None:
         self.text += text
